@@ -1,0 +1,1 @@
+"""Built-in reasoning tasks: generators, prompts, answer checking, evaluation."""

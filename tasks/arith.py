@@ -1,0 +1,367 @@
+"""Multi-step arithmetic word problems: ponder's built-in reasoning task.
+
+A problem is a chain: a start value, then 2-5 steps `v_i = v_(i-1) op n_i` with
+op in + - * / (division always exact). Each problem yields the four chat formats
+that training and the strategies need:
+
+  forward            question -> one equation per step -> "Answer: N"
+  backward_question  question + "The correct answer is N." -> the same story with
+                     one quantity replaced by x and the answer given (RevThink's Q_b)
+  backward           Q_b -> equations that undo the steps -> "Answer: x"
+  judge              question + two solutions -> every equation re-checked ->
+                     "Winner: Solution 1|2" (one correct, one with a slip)
+
+The judge verifies instead of re-solving: each check redoes one equation whose
+inputs it copies from the solution, so a slip does not compound along the chain
+the way it does when solving. That is why a judge can beat greedy decoding (the
+premise of the knockout tournament).
+
+Splits are decided by a hash of the arithmetic chain (not of its wording), so
+train, validation and test never share a problem.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+OPS = ("+", "-", "*", "/")
+SPLITS = ("train", "val", "test")
+FORMATS = ("forward", "backward_question", "backward", "judge")
+ANSWER_RE = re.compile(r"Answer:\s*(-?\d+)")
+WINNER_RE = re.compile(r"Winner:\s*(Solution 1|Solution 2|Tie)")
+NUMBER_RE = re.compile(r"\d+")
+EQUATION_RE = re.compile(r"^(\d+) ([-+*/]) (\d+) = (\d+)$", re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class ArithConfig:
+    """Difficulty knob: chain length and number sizes."""
+
+    min_steps: int = 2  # steps per problem, drawn uniformly
+    max_steps: int = 5
+    max_value: int = 999  # every intermediate value stays in [1, max_value]
+    max_addend: int = 199  # + and - operands are 2-3 digits: [10, max_addend]
+    max_factor: int = 9  # * and / operands are in [2, max_factor]
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min_steps <= self.max_steps:
+            raise ValueError("need 1 <= min_steps <= max_steps")
+        if self.max_addend < 10 or self.max_factor < 2 or self.max_value < 100:
+            raise ValueError("max_addend >= 10, max_factor >= 2, max_value >= 100")
+
+
+@dataclass(frozen=True)
+class Step:
+    op: str
+    operand: int
+    before: int
+    after: int
+
+    def line(self) -> str:
+        return f"{self.before} {self.op} {self.operand} = {self.after}"
+
+
+# Story pieces. {n} is the step's number; "x" replaces it in a backward question.
+NAMES = [("Tom", "he", "his"), ("Mia", "she", "her"), ("Ravi", "he", "his"),
+         ("Lena", "she", "her"), ("Omar", "he", "his"), ("Sofia", "she", "her"),
+         ("Ken", "he", "his"), ("Ada", "she", "her")]
+ITEMS = ["apples", "coins", "books", "stamps", "marbles", "cards", "shells", "pencils"]
+START = ["{name} has {n} {items}.", "{name} starts with {n} {items}.",
+         "At first {name} owns {n} {items}."]
+PHRASES = {
+    "+": ["{P} buys {n} more.", "{P} finds {n} more {items}.",
+          "A friend gives {name} {n} more {items}.", "Then {p} gets {n} more."],
+    "-": ["{P} gives away {n}.", "{P} loses {n} {items}.", "{P} sells {n} of them.",
+          "Then {p} uses {n} {items}."],
+    "*": ["Then the number of {items} becomes {n} times as large.",
+          "{P} ends up with {n} times as many {items}.",
+          "{P} multiplies {pos} {items} by {n}."],
+    "/": ["{P} splits {pos} {items} into {n} equal groups and keeps one group.",
+          "{P} shares them equally among {n} friends and keeps one share.",
+          "Then {p} keeps only one of {n} equal parts."],
+}
+QUESTIONS = ["How many {items} does {name} have now?", "How many {items} are left?",
+             "What is the final number of {items}?"]
+
+
+@dataclass(frozen=True)
+class Story:
+    """The wording of one problem: names and the phrase chosen for each sentence."""
+
+    name: int
+    items: int
+    start: int
+    phrases: tuple[int, ...]
+    question: int
+
+
+@dataclass(frozen=True)
+class Problem:
+    start: int
+    steps: tuple[Step, ...]
+    story: Story
+
+    @property
+    def answer(self) -> int:
+        return self.steps[-1].after
+
+    @property
+    def key(self) -> str:
+        """Identity of the arithmetic, independent of wording."""
+        chain = f"{self.start}" + "".join(f"{s.op}{s.operand}" for s in self.steps)
+        return hashlib.sha256(chain.encode()).hexdigest()[:16]
+
+    @property
+    def quantities(self) -> tuple[int, ...]:
+        """The numbers the question gives: start value, then each operand."""
+        return (self.start, *(s.operand for s in self.steps))
+
+    def _sentences(self, numbers: list[str]) -> list[str]:
+        name, p, pos = NAMES[self.story.name]
+        items = ITEMS[self.story.items]
+        fmt = dict(name=name, p=p, P=p.capitalize(), pos=pos, items=items)
+        out = [START[self.story.start].format(n=numbers[0], **fmt)]
+        for step, phrase, n in zip(self.steps, self.story.phrases, numbers[1:]):
+            out.append(PHRASES[step.op][phrase].format(n=n, **fmt))
+        return out
+
+    def question(self) -> str:
+        name, _, _ = NAMES[self.story.name]
+        q = QUESTIONS[self.story.question].format(name=name, items=ITEMS[self.story.items])
+        return " ".join(self._sentences([str(n) for n in self.quantities]) + [q])
+
+    def forward_solution(self) -> str:
+        return "\n".join([s.line() for s in self.steps] + [f"Answer: {self.answer}"])
+
+    def backward_question(self, masked: int) -> str:
+        """The story with quantity `masked` (0 = start) replaced by x, answer given."""
+        numbers = [str(n) for n in self.quantities]
+        numbers[masked] = "x"
+        name, _, _ = NAMES[self.story.name]
+        items = ITEMS[self.story.items]
+        end = f"In the end {name} has {self.answer} {items}. What is x?"
+        return " ".join(self._sentences(numbers) + [end])
+
+    def backward_solution(self, masked: int) -> str:
+        """Forward up to the unknown step, undo the later steps, then solve for x."""
+        lines = [s.line() for s in self.steps[: max(masked - 1, 0)]]
+        value = self.answer
+        for s in reversed(self.steps[masked:]):
+            inv = {"+": "-", "-": "+", "*": "/", "/": "*"}[s.op]
+            lines.append(f"{value} {inv} {s.operand} = {s.before}")
+            value = s.before
+        if masked > 0:
+            s = self.steps[masked - 1]
+            if s.op in "+*":
+                inv = "-" if s.op == "+" else "/"
+                lines.append(f"{s.after} {inv} {s.before} = {s.operand}")
+            else:
+                lines.append(f"{s.before} {s.op} {s.after} = {s.operand}")
+        return "\n".join(lines + [f"Answer: {self.quantities[masked]}"])
+
+    def wrong_solution(self, rng: random.Random) -> str:
+        """A plausible slip at one step, the rest computed consistently from it."""
+        k = rng.randrange(len(self.steps))
+        lines = [s.line() for s in self.steps[:k]]
+        value = self.steps[k].before
+        for i, s in enumerate(self.steps[k:]):
+            right = apply(s.op, value, s.operand)
+            if right is None:
+                return self.wrong_solution(rng)
+            out = slip(right, rng) if i == 0 else right
+            if out is None or out <= 0:
+                return self.wrong_solution(rng)
+            lines.append(f"{value} {s.op} {s.operand} = {out}")
+            value = out
+        return "\n".join(lines + [f"Answer: {value}"])
+
+
+def apply(op: str, a: int, b: int) -> int | None:
+    """a op b, or None when division is not exact."""
+    if op == "/":
+        return a // b if a % b == 0 else None
+    return {"+": a + b, "-": a - b, "*": a * b}[op]
+
+
+def slip(value: int, rng: random.Random) -> int | None:
+    """An arithmetic slip of the kind people and small models make."""
+    kind = rng.randrange(4)
+    if kind == 0:
+        out = value + rng.choice([-1, 1])
+    elif kind == 1:
+        out = value + rng.choice([-10, 10])
+    elif kind == 2:
+        out = value + rng.choice([-100, 100, -2, 2, -20, 20])
+    else:  # swap two adjacent digits
+        d = list(str(value))
+        if len(d) < 2:
+            return slip(value, rng)
+        i = rng.randrange(len(d) - 1)
+        d[i], d[i + 1] = d[i + 1], d[i]
+        out = int("".join(d))
+    return out if out != value and out > 0 else None
+
+
+def sample_problem(rng: random.Random, cfg: ArithConfig) -> Problem:
+    n_steps = rng.randint(cfg.min_steps, cfg.max_steps)
+    while True:
+        start = rng.randint(10, cfg.max_addend)
+        steps, value = [], start
+        for _ in range(n_steps):
+            step = _sample_step(rng, cfg, value)
+            if step is None:
+                break
+            steps.append(step)
+            value = step.after
+        if len(steps) == n_steps:
+            break
+    story = Story(
+        name=rng.randrange(len(NAMES)),
+        items=rng.randrange(len(ITEMS)),
+        start=rng.randrange(len(START)),
+        phrases=tuple(rng.randrange(len(PHRASES[s.op])) for s in steps),
+        question=rng.randrange(len(QUESTIONS)),
+    )
+    return Problem(start=start, steps=tuple(steps), story=story)
+
+
+def _sample_step(rng: random.Random, cfg: ArithConfig, value: int) -> Step | None:
+    ops = [op for op in OPS if _feasible(op, value, cfg)]
+    if not ops:
+        return None
+    op = rng.choice(ops)
+    if op == "+":
+        n = rng.randint(10, min(cfg.max_addend, cfg.max_value - value))
+    elif op == "-":
+        n = rng.randint(10, min(cfg.max_addend, value - 1))
+    elif op == "*":
+        n = rng.randint(2, min(cfg.max_factor, cfg.max_value // value))
+    else:
+        n = rng.choice([d for d in range(2, cfg.max_factor + 1) if value % d == 0])
+    after = apply(op, value, n)
+    assert after is not None
+    return Step(op=op, operand=n, before=value, after=after)
+
+
+def _feasible(op: str, value: int, cfg: ArithConfig) -> bool:
+    if op == "+":
+        return value + 10 <= cfg.max_value
+    if op == "-":
+        return value > 10
+    if op == "*":
+        return value * 2 <= cfg.max_value
+    return any(value % d == 0 and value // d >= 2 for d in range(2, cfg.max_factor + 1))
+
+
+def split_of(problem: Problem) -> str:
+    bucket = int(problem.key, 16) % 20
+    return "test" if bucket == 0 else "val" if bucket == 1 else "train"
+
+
+def problems(split: str, seed: int = 0, cfg: ArithConfig = ArithConfig()) -> Iterator[Problem]:
+    """An endless, reproducible stream of distinct problems of one split."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}")
+    rng = random.Random(f"{seed}-{split}")
+    seen: set[str] = set()
+    while True:
+        p = sample_problem(rng, cfg)
+        if split_of(p) == split and p.key not in seen:
+            seen.add(p.key)
+            yield p
+
+
+def dataset(split: str, n: int, seed: int = 0, cfg: ArithConfig = ArithConfig()) -> list[Problem]:
+    stream = problems(split, seed, cfg)
+    return [next(stream) for _ in range(n)]
+
+
+# Prompts. These are the exact user messages the model is trained on; the
+# strategies reuse them. RevThink's templates (PAPERS.md section 2), except
+# that the forward prompt is the bare question.
+
+def forward_prompt(question: str) -> str:
+    """The user's message is the bare question: what a person types, and what the
+    strategies can wrap in their own templates (judge, backward question)."""
+    return question
+
+
+def backward_question_prompt(question: str, answer: int | str) -> str:
+    return ("Generate the inverse question based on the following seed question and "
+            f"its answer: {question} The correct answer is {answer}.")
+
+
+def backward_prompt(backward_question: str) -> str:
+    return f"Answer the backward question: {backward_question}"
+
+
+def judge_prompt(question: str, solution_1: str, solution_2: str) -> str:
+    return (f"Compare two solutions to the question: {question}\n"
+            f"Solution 1:\n{solution_1}\nSolution 2:\n{solution_2}\nWhich solution is correct?")
+
+
+def judge_verdict(solution_1: str, solution_2: str) -> str:
+    """The judge's target: re-check each equation of both solutions, then the winner.
+
+    Each equation line "a op b = c" is redone as "Check k: a op b = r ok" or
+    "... = r not c"; checking a solution stops at its first wrong line (the rest
+    follows from it). Verifying copies the left side from the solution, so errors
+    do not compound the way they do when solving. The winner is the solution with
+    no wrong line; otherwise "Tie". It checks arithmetic, not whether the
+    operands were read correctly from the question.
+    """
+    lines, clean = [], []
+    for k, solution in ((1, solution_1), (2, solution_2)):
+        ok = True
+        for m in EQUATION_RE.finditer(solution):
+            a, op, b, c = int(m[1]), m[2], int(m[3]), int(m[4])
+            exact = op != "/" or (b > 0 and a % b == 0)
+            r = (a // b if b else 0) if op == "/" else apply(op, a, b)
+            ok = exact and r == c
+            lines.append(f"Check {k}: {a} {op} {b} = {r} " + ("ok" if ok else f"not {c}"))
+            if not ok:
+                break
+        clean.append(ok)
+    winner = "Solution 1" if clean == [True, False] else "Solution 2" if clean == [False, True] else "Tie"
+    return "\n".join(lines + [f"Winner: {winner}"])
+
+
+def example(problem: Problem, fmt: str, rng: random.Random) -> list[dict[str, str]]:
+    """One chat example (user + assistant messages) of the given format."""
+    q = problem.question()
+    if fmt == "forward":
+        user, reply = forward_prompt(q), problem.forward_solution()
+    elif fmt == "backward_question":
+        masked = rng.randrange(len(problem.quantities))
+        user, reply = backward_question_prompt(q, problem.answer), problem.backward_question(masked)
+    elif fmt == "backward":
+        masked = rng.randrange(len(problem.quantities))
+        user = backward_prompt(problem.backward_question(masked))
+        reply = problem.backward_solution(masked)
+    elif fmt == "judge":
+        right, wrong = problem.forward_solution(), problem.wrong_solution(rng)
+        s1, s2 = (right, wrong) if rng.random() < 0.5 else (wrong, right)
+        user, reply = judge_prompt(q, s1, s2), judge_verdict(s1, s2)
+    else:
+        raise ValueError(f"unknown format {fmt!r}; expected one of {FORMATS}")
+    return [{"role": "user", "content": user}, {"role": "assistant", "content": reply}]
+
+
+def extract_answer(text: str) -> str | None:
+    """The number after the last "Answer:", or None."""
+    found = ANSWER_RE.findall(text)
+    return found[-1] if found else None
+
+
+def extract_winner(text: str) -> str | None:
+    found = WINNER_RE.findall(text)
+    return found[-1] if found else None
+
+
+def is_correct(text: str, answer: int) -> bool:
+    got = extract_answer(text)
+    return got is not None and int(got) == answer

@@ -1,0 +1,98 @@
+import random
+import re
+
+import pytest
+
+from strategies.reverse_verify import masked_quantity
+from tasks import arith
+
+
+@pytest.fixture(scope="module")
+def train():
+    return arith.dataset("train", 300)
+
+
+def test_forward_solution_checks_out(train):
+    for p in train:
+        assert arith.is_correct(p.forward_solution(), p.answer)
+        assert 2 <= len(p.steps) <= 5
+        for s in p.steps:
+            assert arith.apply(s.op, s.before, s.operand) == s.after
+            assert 1 <= s.after <= 999
+        assert str(p.start) in p.question()
+
+
+def test_splits_never_share_a_problem():
+    keys = {split: {p.key for p in arith.dataset(split, 400)} for split in arith.SPLITS}
+    assert not keys["train"] & keys["test"]
+    assert not keys["train"] & keys["val"]
+    assert not keys["val"] & keys["test"]
+
+
+def test_splits_are_reproducible():
+    assert [p.question() for p in arith.dataset("test", 20)] == [p.question() for p in arith.dataset("test", 20)]
+    assert arith.dataset("test", 5, seed=1)[0].key != arith.dataset("test", 5, seed=2)[0].key
+
+
+def test_backward_question_recovers_the_masked_quantity(train):
+    for p in train:
+        for masked in range(len(p.quantities)):
+            q = p.backward_question(masked)
+            assert re.search(r"\bx\b", q) and str(p.answer) in q
+            # reverse_verify finds the masked number as the one the backward question lost
+            assert masked_quantity(p.question(), q, str(p.answer)) == str(p.quantities[masked])
+            assert arith.is_correct(p.backward_solution(masked), p.quantities[masked])
+
+
+def test_backward_solution_equations_are_right(train):
+    for p in train:
+        for masked in range(len(p.quantities)):
+            for m in arith.EQUATION_RE.finditer(p.backward_solution(masked)):
+                a, op, b, c = int(m[1]), m[2], int(m[3]), int(m[4])
+                assert arith.apply(op, a, b) == c, p.backward_solution(masked)
+
+
+def test_judge_pairs_have_exactly_one_correct_side(train):
+    rng = random.Random(0)
+    for p in train:
+        msgs = arith.example(p, "judge", rng)
+        prompt, verdict = msgs[0]["content"], msgs[1]["content"]
+        s1 = prompt.split("Solution 1:\n")[1].split("\nSolution 2:")[0]
+        s2 = prompt.split("Solution 2:\n")[1].split("\nWhich solution")[0]
+        right = [arith.is_correct(s, p.answer) for s in (s1, s2)]
+        assert sum(right) == 1
+        assert arith.extract_winner(verdict) == f"Solution {right.index(True) + 1}"
+
+
+def test_wrong_solution_has_one_slip_then_stays_consistent(train):
+    rng = random.Random(1)
+    for p in train[:100]:
+        wrong = p.wrong_solution(rng)
+        assert not arith.is_correct(wrong, p.answer)
+        lines = wrong.splitlines()
+        bad = [m for m in arith.EQUATION_RE.finditer(wrong)
+               if arith.apply(m[2], int(m[1]), int(m[3])) != int(m[4])]
+        assert len(bad) == 1 and len(lines) == len(p.steps) + 1
+
+
+def test_judge_verdict_checks_each_equation():
+    v = arith.judge_verdict("2 + 3 = 5\n5 * 2 = 10\nAnswer: 10", "2 + 3 = 6\n6 * 2 = 12\nAnswer: 12")
+    assert v.splitlines() == ["Check 1: 2 + 3 = 5 ok", "Check 1: 5 * 2 = 10 ok", "Check 2: 2 + 3 = 5 not 6",
+                              "Winner: Solution 1"]
+    assert arith.judge_verdict("7 / 2 = 3", "6 / 2 = 3").endswith("Winner: Solution 2")
+    assert arith.judge_verdict("1 + 1 = 2", "1 + 1 = 2").endswith("Tie")
+
+
+def test_extraction():
+    assert arith.extract_answer("1 + 1 = 2\nAnswer: 2\nAnswer: 3") == "3"
+    assert arith.extract_answer("no answer") is None
+    assert arith.is_correct("Answer: 12", 12) and not arith.is_correct("Answer: 13", 12)
+    assert arith.extract_winner("Check 1: ...\nWinner: Solution 2") == "Solution 2"
+
+
+def test_difficulty_knob():
+    easy = arith.ArithConfig(min_steps=2, max_steps=2, max_value=200)
+    for p in arith.dataset("train", 50, cfg=easy):
+        assert len(p.steps) == 2 and all(s.after <= 200 for s in p.steps)
+    with pytest.raises(ValueError):
+        arith.ArithConfig(min_steps=3, max_steps=2)
