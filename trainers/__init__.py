@@ -1,0 +1,20 @@
+"""Offline trainers: from-scratch pretraining of tiny models, and cDPO's contrastive models.
+
+    ponder train pretrain --out models/ponder-tiny
+    ponder train cdpo-contrast --base models/ponder-tiny
+"""
+
+from __future__ import annotations
+
+import sys
+
+COMMANDS = {"pretrain": "trainers.pretrain", "cdpo-contrast": "trainers.cdpo"}
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] not in COMMANDS:
+        sys.exit(f"usage: ponder train {{{','.join(COMMANDS)}}} [options]")
+    import importlib
+
+    importlib.import_module(COMMANDS[argv[0]]).main(argv[1:])
