@@ -1,0 +1,1 @@
+"""The Engine seam and its implementations (vLLM in-process, remote over HTTP)."""

@@ -1,0 +1,135 @@
+"""The Engine protocol: the one seam between ponder and a model server.
+
+Everything above this package (HTTP, strategies) talks to an `Engine`; only
+`server/engine/vllm_engine.py` imports vLLM's engine. Data crossing the seam is
+plain frozen dataclasses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+Prompt = str | Sequence[int]  # text, or token ids (preferred: ponder tokenizes once)
+
+
+@dataclass(frozen=True)
+class SamplingSpec:
+    """What to sample; mirrors the OpenAI fields vLLM understands."""
+
+    max_tokens: int = 256
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    logprobs: int | None = None  # None: none; k: the chosen token plus top-k
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    # (position in the output, token id): forbid that token at that position.
+    # Implemented inside vLLM by ponder's logits processor.
+    masked: tuple[tuple[int, int], ...] = ()
+
+    def replace(self, **changes: Any) -> SamplingSpec:
+        from dataclasses import replace
+
+        return replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    token_id: int
+    token: str
+    logprob: float
+    top: tuple[tuple[int, str, float], ...] = ()  # (id, text, logprob), best first
+
+
+@dataclass(frozen=True)
+class Output:
+    """A chunk of one generated sequence (a delta when streaming, else the whole)."""
+
+    text: str
+    token_ids: tuple[int, ...]
+    logprobs: tuple[TokenLogprob, ...] | None
+    finish_reason: str | None  # "stop" | "length" | None while running
+    prompt_tokens: int
+    completion_tokens: int  # cumulative for the sequence so far
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    id: str
+    root: str  # path or upstream name of the base weights
+    parent: str | None = None  # base model id when this is a LoRA adapter
+    max_model_len: int = 0
+    created: int = field(default=0, compare=False)
+
+
+class EngineError(Exception):
+    """Base of the errors an engine raises; the HTTP layer maps them."""
+
+
+class EngineDeadError(EngineError):
+    """The engine process is gone; every further request fails (503)."""
+
+
+class EngineBusyError(EngineError):
+    """The engine refuses work for now (429)."""
+
+
+class EngineRequestError(EngineError):
+    """The engine rejected this request's input (400)."""
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """A running model server: one base model plus any adapters."""
+
+    tokenizer: Any  # a Hugging Face tokenizer (chat template, encode, decode)
+    max_model_len: int
+
+    def models(self) -> list[ModelCard]: ...
+
+    def generate(self, prompt: Prompt, spec: SamplingSpec, request_id: str, *,
+                 model: str | None = None, stream: bool = True) -> AsyncIterator[Output]:
+        """Sample one sequence. stream=True yields deltas; False yields one final Output."""
+        ...
+
+    async def score(self, prompt: Sequence[int], continuation: Sequence[int], request_id: str, *,
+                    model: str | None = None, top_logprobs: int = 0) -> list[TokenLogprob]:
+        """Log-probabilities of `continuation` given `prompt`: one prefill, no sampling."""
+        ...
+
+    async def abort(self, request_id: str) -> None: ...
+
+    async def check_health(self) -> None:
+        """Raise EngineDeadError when the engine cannot serve."""
+        ...
+
+    @property
+    def is_dead(self) -> bool: ...
+
+    def num_unfinished(self) -> int:
+        """Requests the engine is still working on (for /metrics and tests)."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+async def collect(outputs: AsyncIterator[Output]) -> Output:
+    """Join a stream of deltas into one Output."""
+    text, ids, lps = [], [], []
+    last: Output | None = None
+    async for out in outputs:
+        text.append(out.text)
+        ids.extend(out.token_ids)
+        if out.logprobs:
+            lps.extend(out.logprobs)
+        last = out
+    if last is None:
+        raise EngineError("engine returned no output")
+    return Output(text="".join(text), token_ids=tuple(ids),
+                  logprobs=tuple(lps) if last.logprobs is not None or lps else None,
+                  finish_reason=last.finish_reason, prompt_tokens=last.prompt_tokens,
+                  completion_tokens=last.completion_tokens)

@@ -1,0 +1,216 @@
+"""VllmEngine: vLLM's AsyncLLM in-process. The only module that imports vLLM's engine.
+
+One engine serves one base model and any number of LoRA adapters. On vLLM's CPU
+build it turns chunked prefill off: a seeded request whose prompt is split
+across scheduler steps makes the model runner rewind that request's torch
+generator (`gen.set_offset(gen.get_offset() - 4)` in gpu_model_runner), which a
+CPU generator cannot do ("CPU Generator does not use offset"): the engine dies
+and takes every request with it. With chunked prefill off and a step budget of
+at least max_model_len, no prompt is ever split. See tests/e2e for the load.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from server.engine.base import (
+    EngineDeadError,
+    EngineRequestError,
+    ModelCard,
+    Output,
+    Prompt,
+    SamplingSpec,
+    TokenLogprob,
+)
+
+log = logging.getLogger("ponder.engine")
+
+MASK_PROCESSOR = "server.engine.logits:MaskTokensAtPositions"
+
+
+@dataclass(frozen=True)
+class VllmConfig:
+    """How to start vLLM; CPU-friendly defaults (see ../shared/VLLM_CPU.md)."""
+
+    model: str
+    name: str | None = None  # served id; default: the folder name
+    loras: tuple[tuple[str, str], ...] = ()  # (name, path)
+    max_model_len: int | None = None
+    enforce_eager: bool = True
+    max_logprobs: int = 20
+    kv_cache_gib: int = 1  # VLLM_CPU_KVCACHE_SPACE on the CPU build
+    gpu_memory_utilization: float | None = None  # default: 0.3 on CPU, 0.9 on GPU
+    seed: int = 0
+    engine_args: dict[str, Any] = field(default_factory=dict)  # anything else AsyncEngineArgs takes
+
+    @property
+    def served_name(self) -> str:
+        return self.name or Path(self.model.rstrip("/")).name
+
+
+def _lora_rank(path: str) -> int:
+    cfg = Path(path) / "adapter_config.json"
+    return int(json.loads(cfg.read_text()).get("r", 16)) if cfg.exists() else 16
+
+
+class VllmEngine:
+    """Engine protocol over vllm.v1.engine.async_llm.AsyncLLM."""
+
+    def __init__(self, cfg: VllmConfig):
+        from transformers import AutoTokenizer
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.lora.request import LoRARequest
+        from vllm.platforms import current_platform
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        self.cfg = cfg
+        self.name = cfg.served_name
+        on_cpu = current_platform.is_cpu()
+        if on_cpu:
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(cfg.kv_cache_gib))
+        kwargs: dict[str, Any] = dict(
+            model=cfg.model,
+            served_model_name=self.name,
+            max_model_len=cfg.max_model_len,
+            enforce_eager=cfg.enforce_eager,
+            max_logprobs=cfg.max_logprobs,
+            seed=cfg.seed,
+            gpu_memory_utilization=cfg.gpu_memory_utilization or (0.3 if on_cpu else 0.9),
+            enable_prefix_caching=True,
+            logits_processors=[MASK_PROCESSOR],
+            disable_log_stats=False,
+        )
+        if cfg.loras:
+            kwargs.update(enable_lora=True, max_loras=len(cfg.loras),
+                          max_lora_rank=max(_lora_rank(p) for _, p in cfg.loras))
+        kwargs.update(cfg.engine_args)
+        if on_cpu:
+            # Never split a prompt across steps (see the module docstring).
+            kwargs["enable_chunked_prefill"] = False
+            kwargs["max_num_batched_tokens"] = max(kwargs.get("max_num_batched_tokens") or 0,
+                                                   cfg.max_model_len or 0, 4096)
+        args = AsyncEngineArgs(**kwargs)
+        self.llm = AsyncLLM.from_engine_args(args)
+        self.max_model_len: int = self.llm.model_config.max_model_len
+        self.tokenizer = AutoTokenizer.from_pretrained(cfg.model)
+        self.loras = {name: LoRARequest(name, i + 1, path) for i, (name, path) in enumerate(cfg.loras)}
+        self.created = int(time.time())
+
+    def models(self) -> list[ModelCard]:
+        base = ModelCard(id=self.name, root=self.cfg.model, max_model_len=self.max_model_len,
+                         created=self.created)
+        return [base] + [ModelCard(id=n, root=r.lora_path, parent=self.name,
+                                   max_model_len=self.max_model_len, created=self.created)
+                         for n, r in self.loras.items()]
+
+    def _sampling_params(self, spec: SamplingSpec, stream: bool, prompt_logprobs: int | None = None):
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        return SamplingParams(
+            n=1,
+            max_tokens=spec.max_tokens,
+            temperature=spec.temperature,
+            top_p=spec.top_p,
+            seed=spec.seed,
+            stop=list(spec.stop) or None,
+            logprobs=spec.logprobs,
+            prompt_logprobs=prompt_logprobs,
+            presence_penalty=spec.presence_penalty,
+            frequency_penalty=spec.frequency_penalty,
+            logit_bias=dict(spec.logit_bias) or None,
+            extra_args={"ponder_mask": [x for m in spec.masked for x in m]} if spec.masked else None,
+            output_kind=RequestOutputKind.DELTA if stream else RequestOutputKind.FINAL_ONLY,
+        )
+
+    def _lora(self, model: str | None):
+        if model is None or model == self.name:
+            return None
+        if model not in self.loras:
+            raise EngineRequestError(f"model {model!r} is not served by this engine")
+        return self.loras[model]
+
+    def _prompt(self, prompt: Prompt) -> dict[str, Any]:
+        ids = self.tokenizer.encode(prompt, add_special_tokens=False) if isinstance(prompt, str) else list(prompt)
+        return {"prompt_token_ids": ids}
+
+    async def generate(self, prompt: Prompt, spec: SamplingSpec, request_id: str, *,
+                       model: str | None = None, stream: bool = True) -> AsyncIterator[Output]:
+        params = self._sampling_params(spec, stream)
+        n_done = 0
+        try:
+            async for out in self.llm.generate(self._prompt(prompt), params, request_id,
+                                               lora_request=self._lora(model)):
+                seq = out.outputs[0]
+                n_done += len(seq.token_ids)
+                yield Output(
+                    text=seq.text,
+                    token_ids=tuple(seq.token_ids),
+                    logprobs=self._logprobs(seq.token_ids, seq.logprobs) if spec.logprobs is not None else None,
+                    finish_reason=seq.finish_reason,
+                    prompt_tokens=len(out.prompt_token_ids or ()),
+                    completion_tokens=n_done,
+                )
+        except Exception as e:  # map vLLM's errors onto the seam's
+            raise self._map_error(e) from e
+
+    async def score(self, prompt: Sequence[int], continuation: Sequence[int], request_id: str, *,
+                    model: str | None = None, top_logprobs: int = 0) -> list[TokenLogprob]:
+        params = self._sampling_params(SamplingSpec(max_tokens=1, temperature=0.0), stream=False,
+                                       prompt_logprobs=top_logprobs)
+        ids = list(prompt) + list(continuation)
+        final = None
+        try:
+            async for out in self.llm.generate({"prompt_token_ids": ids}, params, request_id,
+                                               lora_request=self._lora(model)):
+                final = out
+        except Exception as e:
+            raise self._map_error(e) from e
+        assert final is not None and final.prompt_logprobs is not None
+        positions = list(final.prompt_logprobs)[len(prompt):]
+        return self._logprobs(list(continuation), positions)
+
+    def _logprobs(self, token_ids: Sequence[int], positions) -> tuple[TokenLogprob, ...]:
+        out = []
+        for tok, pos in zip(token_ids, positions):
+            ranked = sorted(pos.items(), key=lambda kv: -kv[1].logprob)
+            out.append(TokenLogprob(
+                token_id=tok,
+                token=pos[tok].decoded_token or self.tokenizer.decode([tok]),
+                logprob=pos[tok].logprob,
+                top=tuple((t, lp.decoded_token or "", lp.logprob) for t, lp in ranked),
+            ))
+        return tuple(out)
+
+    def _map_error(self, e: Exception) -> Exception:
+        from vllm.v1.engine.exceptions import EngineDeadError as VllmDead
+
+        if isinstance(e, VllmDead) or self.is_dead:
+            return EngineDeadError(str(e) or "the vLLM engine is dead")
+        if isinstance(e, (ValueError, TypeError)):
+            return EngineRequestError(str(e))
+        return e
+
+    async def abort(self, request_id: str) -> None:
+        await self.llm.abort(request_id)
+
+    async def check_health(self) -> None:
+        if self.is_dead:
+            raise EngineDeadError("the vLLM engine is dead")
+
+    @property
+    def is_dead(self) -> bool:
+        return bool(self.llm.errored)
+
+    def num_unfinished(self) -> int:
+        return self.llm.get_num_unfinished_requests()
+
+    async def aclose(self) -> None:
+        self.llm.shutdown()
