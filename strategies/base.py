@@ -1,0 +1,123 @@
+"""What every strategy works with: the query, candidates, results, and a Context.
+
+A strategy is `async def run(ctx, query, params) -> Result`. It reaches engines
+only through its Context, which counts every token and call (for `usage` and
+metrics), reports progress (SSE heartbeats), and renders chat prompts with the
+model's own template. Calls issued together with asyncio.gather are batched by
+vLLM; prompts that share a prefix share vLLM's prefix cache.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from server.engine.base import Engine, SamplingSpec, TokenLogprob, collect
+
+Router = Callable[[str], tuple[Engine, str | None]]  # model id -> (engine, adapter or None)
+
+
+@dataclass(frozen=True)
+class Query:
+    """What the user asked, as the candidates will see it."""
+
+    model: str
+    prompt_ids: tuple[int, ...]  # the rendered prompt every candidate continues
+    question: str  # the last user message (chat) or the prompt text (completions)
+    spec: SamplingSpec  # the request's own sampling settings, used for candidates
+
+
+@dataclass(frozen=True)
+class Candidate:
+    text: str
+    token_ids: tuple[int, ...]
+    logprobs: tuple[TokenLogprob, ...] | None
+    finish_reason: str | None
+
+
+@dataclass
+class Result:
+    choice: Candidate
+    trace: dict[str, Any] = field(default_factory=dict)  # returned with "return_trace": true
+    info: dict[str, Any] = field(default_factory=dict)  # always returned (e.g. judge agreement)
+
+
+class StrategyError(ValueError):
+    """A request a strategy cannot serve as asked (mapped to HTTP 400)."""
+
+
+class Context:
+    """One request's handle on the engines; counts everything it spends."""
+
+    def __init__(self, route: Router, request_id: str,
+                 progress: Callable[[dict[str, Any]], None] | None = None):
+        self.route = route
+        self.request_id = request_id
+        self._progress = progress
+        self._ids = itertools.count()
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+        self.calls = 0
+
+    def engine(self, model: str) -> tuple[Engine, str | None]:
+        return self.route(model)
+
+    def progress(self, **event: Any) -> None:
+        if self._progress is not None:
+            self._progress(event)
+
+    def render(self, model: str, messages: Sequence[dict[str, str]]) -> tuple[int, ...]:
+        """Token ids of a chat prompt, with the generation prompt appended."""
+        tok = self.engine(model)[0].tokenizer
+        text = tok.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
+        return tuple(tok.encode(text, add_special_tokens=False))
+
+    def tokenizer(self, model: str) -> Any:
+        return self.engine(model)[0].tokenizer
+
+    async def generate(self, model: str, prompt_ids: Sequence[int], spec: SamplingSpec) -> Candidate:
+        engine, adapter = self.engine(model)
+        rid = f"{self.request_id}-{next(self._ids)}"
+        out = await collect(engine.generate(list(prompt_ids), spec, rid, model=adapter, stream=False))
+        self.calls += 1
+        self.prompt_tokens += out.prompt_tokens
+        self.completion_tokens += out.completion_tokens
+        return Candidate(out.text, out.token_ids, out.logprobs, out.finish_reason)
+
+    async def score(self, model: str, prompt_ids: Sequence[int], continuation: Sequence[int],
+                    top_logprobs: int = 0) -> list[TokenLogprob]:
+        engine, adapter = self.engine(model)
+        rid = f"{self.request_id}-{next(self._ids)}"
+        out = await engine.score(prompt_ids, continuation, rid, model=adapter, top_logprobs=top_logprobs)
+        self.calls += 1
+        self.prompt_tokens += len(prompt_ids) + len(continuation)
+        return out
+
+    async def sample(self, query: Query, n: int,
+                     sampler: dict[str, Any] | None = None) -> tuple[list[Candidate], list[dict]]:
+        """n candidates for the query, all issued at once.
+
+        With no sampler they are n plain samples (seeds seed, seed+1, ...). A
+        sampler is another strategy, {"name": ..., params}, run n times; each
+        run's chosen answer is one candidate and its trace is kept.
+        """
+        if sampler is None:
+            cands = await asyncio.gather(*(self.generate(query.model, query.prompt_ids, seeded(query.spec, i))
+                                           for i in range(n)))
+            return list(cands), []
+        from strategies import resolve
+
+        strategy, params = resolve(sampler)
+        results = await asyncio.gather(*(
+            strategy.run(self, Query(query.model, query.prompt_ids, query.question,
+                                     seeded(query.spec, 7919 * i)), params)
+            for i in range(n)))
+        return [r.choice for r in results], [r.trace for r in results]
+
+
+def seeded(spec: SamplingSpec, offset: int) -> SamplingSpec:
+    """The same spec with seed + offset (or no seed if the request had none)."""
+    return spec if spec.seed is None else spec.replace(seed=spec.seed + offset)

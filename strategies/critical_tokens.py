@@ -1,0 +1,164 @@
+"""critical_tokens: find the token that sinks a trajectory and resample around it (cDPO, Lin et al. 2024).
+
+1. Sample n candidates.
+2. Score every token y_t of a candidate with the contrastive estimate
+       s_t = softmax((1 + beta) * logits_pos_t - beta * logits_neg_t)[y_t]
+   from a positive model (fine-tuned on correct trajectories) and a negative one
+   (on incorrect ones), each a prefill with prompt log-probabilities. Log-probs
+   differ from logits by a per-position constant, so they give the same softmax.
+   With top-k log-probs the softmax runs over the tokens both models report
+   (plus y_t), which is exact when k covers the vocabulary.
+3. The critical token is the one with the lowest s_t (if under `threshold`).
+   Resample from the prefix before it with that token forbidden at that
+   position, inside vLLM (ponder's logits processor); repeat on the new
+   trajectory up to `rounds` times.
+4. Choose among all trajectories: majority vote over answers ("vote"), the
+   best mean log s_t ("score"), or the last refinement of the first candidate
+   ("last", for use as another strategy's sampler with n=1).
+
+`rollout_success` gives the paper's rollout definition (success rate of
+continuations from each prefix) for checking the estimate offline (bench/).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from server.engine.base import TokenLogprob
+from strategies.answers import ANSWER_PATTERN, extract_answer, vote
+from strategies.base import Candidate, Context, Query, Result, seeded
+
+
+@dataclass(frozen=True)
+class Params:
+    n: int = field(default=4, metadata={"help": "initial candidates"})
+    rounds: int = field(default=1, metadata={"help": "critical-token resamples per candidate"})
+    beta: float = field(default=1.0, metadata={"help": "contrast strength"})
+    threshold: float = field(default=1.0, metadata={"help": "resample only when the lowest s_t is below this"})
+    positive_model: str = field(default="ponder-tiny-pos", metadata={"help": "model tuned on correct trajectories"})
+    negative_model: str = field(default="ponder-tiny-neg", metadata={"help": "model tuned on incorrect ones"})
+    top_logprobs: int = field(default=20, metadata={"help": "log-probs per position for the estimate"})
+    select: str = field(default="vote", metadata={"help": "'vote', 'score' or 'last'"})
+    answer_pattern: str = field(default=ANSWER_PATTERN, metadata={"help": "regex whose first group is the answer"})
+    sampler: dict[str, Any] | None = field(default=None, metadata={"help": "strategy that makes each candidate"})
+
+    def __post_init__(self) -> None:
+        if self.n < 1 or self.rounds < 0 or self.top_logprobs < 0:
+            raise ValueError("n >= 1, rounds >= 0, top_logprobs >= 0")
+        if self.select not in ("vote", "score", "last"):
+            raise ValueError("select must be 'vote', 'score' or 'last'")
+
+    def budget(self, per_sample: int) -> int:
+        return self.n * per_sample * (1 + self.rounds)
+
+
+def contrastive_scores(pos: list[TokenLogprob], neg: list[TokenLogprob], beta: float) -> list[float]:
+    """s_t for each token, from the two models' log-probs at the same positions."""
+    out = []
+    for p, q in zip(pos, neg):
+        lp_pos = {t: v for t, _, v in p.top} | {p.token_id: p.logprob}
+        lp_neg = {t: v for t, _, v in q.top} | {q.token_id: q.logprob}
+        # A token one model leaves out of its top-k gets that model's k-th log-prob (an upper bound).
+        floor_pos, floor_neg = min(lp_pos.values()), min(lp_neg.values())
+        z = {t: (1 + beta) * lp_pos.get(t, floor_pos) - beta * lp_neg.get(t, floor_neg)
+             for t in lp_pos.keys() | lp_neg.keys()}
+        top = max(z.values())
+        log_norm = top + math.log(sum(math.exp(v - top) for v in z.values()))
+        out.append(math.exp(z[p.token_id] - log_norm))
+    return out
+
+
+def critical_position(scores: list[float], threshold: float) -> int | None:
+    """Index of the lowest s_t (earliest on ties), or None if none is under the threshold."""
+    if not scores:
+        return None
+    i = min(range(len(scores)), key=lambda t: (scores[t], t))
+    return i if scores[i] < threshold else None
+
+
+def rollout_critical(success: list[float], zero: float = 0.0, after: float = 0.05) -> int | None:
+    """The paper's rollout definition: the first position whose success rate is `zero`
+    and after which every rate stays under `after` (success[t] = rate of prefix y_<=t)."""
+    for t, rate in enumerate(success):
+        if rate <= zero and all(r < after for r in success[t:]):
+            return t
+    return None
+
+
+async def rollout_success(ctx: Context, query: Query, cand: Candidate, correct: Callable[[str], bool],
+                          samples: int = 16, stride: int = 1) -> list[float]:
+    """Success rate of `samples` continuations after each prefix y_<=t (every `stride` tokens)."""
+    tok = ctx.tokenizer(query.model)
+    positions = list(range(0, len(cand.token_ids), stride))
+
+    async def rate(t: int) -> float:
+        prefix = cand.token_ids[: t + 1]
+        head = tok.decode(list(prefix), skip_special_tokens=True)
+        outs = await asyncio.gather(*(ctx.generate(query.model, query.prompt_ids + prefix, seeded(query.spec, s))
+                                      for s in range(samples)))
+        return sum(correct(head + o.text) for o in outs) / samples
+
+    rates = await asyncio.gather(*(rate(t) for t in positions))
+    return [rates[positions.index(t - t % stride)] for t in range(len(cand.token_ids))]
+
+
+async def run(ctx: Context, query: Query, params: Params) -> Result:
+    ctx.progress(stage="sample", n=params.n)
+    cands, sub = await ctx.sample(query, params.n, params.sampler)
+    tok = ctx.tokenizer(query.model)
+
+    async def scores(c: Candidate) -> list[float]:
+        if not c.token_ids:
+            return []
+        pos, neg = await asyncio.gather(
+            ctx.score(params.positive_model, query.prompt_ids, c.token_ids, params.top_logprobs),
+            ctx.score(params.negative_model, query.prompt_ids, c.token_ids, params.top_logprobs))
+        return contrastive_scores(pos, neg, params.beta)
+
+    async def refine(i: int, c: Candidate) -> list[dict[str, Any]]:
+        chain = [{"candidate": c, "scores": await scores(c), "critical": None}]
+        for r in range(params.rounds):
+            last = chain[-1]
+            t = critical_position(last["scores"], params.threshold)
+            if t is None:
+                break
+            last["critical"] = {"position": t, "token": tok.decode([last["candidate"].token_ids[t]]),
+                                "s": last["scores"][t]}
+            ctx.progress(stage="resample", candidate=i, round=r + 1, position=t)
+            prefix = last["candidate"].token_ids[:t]
+            spec = seeded(query.spec.replace(masked=((0, last["candidate"].token_ids[t]),),
+                                             max_tokens=max(1, query.spec.max_tokens - t)), 31 * (i + 1) + r)
+            cont = await ctx.generate(query.model, query.prompt_ids + prefix, spec)
+            ids = prefix + cont.token_ids
+            new = Candidate(tok.decode(list(ids), skip_special_tokens=True), ids, None, cont.finish_reason)
+            chain.append({"candidate": new, "scores": await scores(new), "critical": None})
+        return chain
+
+    chains = await asyncio.gather(*(refine(i, c) for i, c in enumerate(cands)))
+    pool = [step for chain in chains for step in chain]
+    answers = [extract_answer(s["candidate"].text, params.answer_pattern) for s in pool]
+    if params.select == "last":
+        chosen = len(chains[0]) - 1
+    elif params.select == "score":
+        chosen = max(range(len(pool)), key=lambda j: _mean_log(pool[j]["scores"]))
+    else:
+        winner, _ = vote(answers)
+        chosen = answers.index(winner) if winner is not None else 0
+    trace = {"chains": [[{"text": s["candidate"].text, "answer": extract_answer(s["candidate"].text,
+                                                                                 params.answer_pattern),
+                          "critical": s["critical"], "min_s": min(s["scores"], default=None)}
+                         for s in chain] for chain in chains], "chosen": chosen}
+    if sub:
+        trace["samplers"] = sub
+    _, votes = vote(answers)
+    return Result(choice=pool[chosen]["candidate"], trace=trace,
+                  info={"answer": answers[chosen], "votes": votes,
+                        "resamples": sum(len(c) - 1 for c in chains)})
+
+
+def _mean_log(scores: list[float]) -> float:
+    return sum(math.log(max(s, 1e-12)) for s in scores) / len(scores) if scores else -math.inf

@@ -1,0 +1,197 @@
+import math
+import random
+
+import pytest
+
+import strategies
+from server.engine.base import SamplingSpec, TokenLogprob
+from strategies import critical_tokens as ct
+from strategies import reverse_verify as rv
+from strategies import tournament as tm
+from strategies.answers import extract_answer, vote
+from strategies.base import Context, Query
+from tests.fake_engine import FakeEngine
+
+
+def test_registry_resolves_and_rejects():
+    s, p = strategies.resolve({"name": "tournament", "n": 4, "k": 2})
+    assert s.name == "tournament" and p.n == 4
+    assert strategies.resolve("direct")[0].name == "direct"
+    for bad in ["nope", {"name": "tournament", "bogus": 1}, {"n": 3}, 3, {"name": "tournament", "n": 0}]:
+        with pytest.raises(ValueError):
+            strategies.resolve(bad)
+    assert set(strategies.STRATEGIES) == {"direct", "self_consistency", "tournament", "reverse_verify",
+                                          "critical_tokens"}
+
+
+def test_budget_counts_judges_and_nested_samplers():
+    s, p = strategies.resolve({"name": "tournament", "n": 8, "k": 2, "judge_max_tokens": 100})
+    assert strategies.budget(s, p, 50) == 8 * 50 + 7 * 2 * 100
+    s, p = strategies.resolve({"name": "self_consistency", "n": 3, "sampler": {"name": "critical_tokens", "n": 2}})
+    assert strategies.budget(s, p, 10) == 3 * (2 * 10 * 2)
+
+
+def test_answers_and_vote():
+    assert extract_answer("x\nAnswer: 1,000") == "1000"
+    assert extract_answer("so it is 42.0") == "42"
+    assert extract_answer("nothing") is None
+    assert vote(["1", "2", "2", None]) == ("2", {"1": 1.0, "2": 2.0})
+    assert vote(["3", "1", "1", "3"])[0] == "3"  # tie: first seen
+    assert vote([None]) == (None, {})
+
+
+def test_knockout_pairs_and_byes():
+    assert tm.knockout_pairs([0, 1, 2, 3]) == ([(0, 1), (2, 3)], None)
+    assert tm.knockout_pairs([0, 1, 2, 3, 4]) == ([(0, 1), (2, 3)], 4)
+    assert tm.knockout_pairs([7]) == ([], 7)
+
+
+def test_league_pairs_cover_each_pair_once():
+    pairs = tm.league_pairs(5, 2)
+    assert len(pairs) == 10 and len({frozenset(p) for p in pairs}) == 10
+    assert len(tm.league_pairs(3, 5)) == 3
+
+
+def test_verdicts_and_tie_breaks():
+    assert tm.verdict_scores("Check..\nWinner: Solution 2", tm.JUDGE_PATTERN) == (0.0, 1.0)
+    assert tm.verdict_scores("Winner: Tie", tm.JUDGE_PATTERN) == (0.5, 0.5)
+    assert tm.verdict_scores("gibberish", tm.JUDGE_PATTERN) == (0.5, 0.5)
+    assert tm.decide(3, 5, (2.0, 0.0), random.Random(0)) == 3
+    picks = {tm.decide(3, 5, (1.0, 1.0), random.Random(s)) for s in range(20)}
+    assert picks == {3, 5}
+    assert tm.decide(3, 5, (1.0, 1.0), random.Random(7)) == tm.decide(3, 5, (1.0, 1.0), random.Random(7))
+
+
+def test_failure_bound():
+    assert tm.failure_bound(0.5, 0.9, 8, 8) == pytest.approx(0.5**8 + 3 * math.exp(-16 * 0.16))
+    assert tm.failure_bound(0.5, 0.5, 8, 2) == 1.0
+    assert tm.failure_bound(0.9, 1.0, 1, 2) == pytest.approx(0.1)
+    assert tm.failure_bound(0.6, 0.8, 16, 8) < tm.failure_bound(0.6, 0.8, 16, 2)
+
+
+def test_fobar_and_masked_quantity():
+    scores = rv.fobar({"7": 3, "8": 1}, {"7": 0, "8": 4}, alpha=0.5)
+    assert scores["8"] > scores["7"] == 0.0
+    assert rv.fobar({"7": 3, "8": 1}, {}, 0.5)["7"] > rv.fobar({"7": 3, "8": 1}, {}, 0.5)["8"]
+    assert rv.fobar({"7": 3, "8": 1}, {"7": 1, "8": 1}, alpha=1.0) == {"7": 0.75, "8": 0.25}
+    q = "Tom has 12 apples. He buys 30 more. How many?"
+    assert rv.masked_quantity(q, "Tom has x apples. He buys 30 more. In the end Tom has 42 apples.", "42") == "12"
+    assert rv.masked_quantity(q, "Tom has 12 apples. In the end Tom has 42.", "42") == "30"
+    assert rv.masked_quantity(q, "unrelated", "42") is None
+    assert rv.mask_number("a 1 b 22", 1) == ("a 1 b x", "22")
+
+
+def lp(tok: int, top: dict[int, float]) -> TokenLogprob:
+    return TokenLogprob(tok, str(tok), top[tok], tuple((t, str(t), v) for t, v in top.items()))
+
+
+def test_contrastive_scores_match_the_formula():
+    pos = {0: math.log(0.7), 1: math.log(0.2), 2: math.log(0.1)}
+    neg = {0: math.log(0.1), 1: math.log(0.8), 2: math.log(0.1)}
+    (s,) = ct.contrastive_scores([lp(1, pos)], [lp(1, neg)], beta=1.0)
+    z = {t: 2 * pos[t] - neg[t] for t in pos}
+    assert s == pytest.approx(math.exp(z[1]) / sum(math.exp(v) for v in z.values()))
+    (s_good,) = ct.contrastive_scores([lp(0, pos)], [lp(0, neg)], beta=1.0)
+    assert s_good > 0.9 > s  # the negative model's favourite is the critical one
+
+
+def test_critical_positions():
+    assert ct.critical_position([0.9, 0.2, 0.5, 0.2], 1.0) == 1
+    assert ct.critical_position([0.9, 0.8], 0.5) is None
+    assert ct.critical_position([], 1.0) is None
+    assert ct.rollout_critical([0.6, 0.4, 0.0, 0.02, 0.0]) == 2
+    assert ct.rollout_critical([0.6, 0.0, 0.3, 0.0]) == 3
+    assert ct.rollout_critical([0.5, 0.5]) is None
+
+
+# ---- strategies end to end against a scripted engine ----
+
+JUDGE = "Compare two solutions"
+
+
+def scripted(tok):
+    """Candidates answer 7 (right) or 8 (wrong) by seed; the judge prefers the 7."""
+
+    def reply(prompt: str, spec: SamplingSpec, model: str | None) -> str:
+        if JUDGE in prompt:
+            first = prompt.split("Solution 1:\n")[1].split("Solution 2:")[0]
+            return "Winner: Solution 1" if "Answer: 7" in first else "Winner: Solution 2"
+        if "inverse question" in prompt:
+            answer = prompt.rsplit("The correct answer is ", 1)[1].rstrip(".<|end|>\n<|assistant|>\n")
+            return f"Tom has x apples. He buys 4 more. In the end Tom has {answer} apples. What is x?"
+        if "backward question" in prompt:
+            return "Answer: 3" if "has 7 apples" in prompt else "Answer: 9"
+        return "3 + 4 = 7\nAnswer: 7" if (spec.seed or 0) % 4 == 0 else "3 + 4 = 8\nAnswer: 8"
+
+    return FakeEngine(tok, reply)
+
+
+def query(ctx: Context, engine, seed=1) -> Query:
+    q = "Tom has 3 apples. He buys 4 more. How many apples does Tom have now?"
+    ids = ctx.render("fake", [{"role": "user", "content": q}])
+    return Query("fake", ids, q, SamplingSpec(max_tokens=32, temperature=1.0, seed=seed))
+
+
+async def run(tok, name, **params):
+    engine = scripted(tok)
+    ctx = Context(lambda m: (engine, None), "req")
+    strategy, p = strategies.resolve({"name": name, **params})
+    return await strategy.run(ctx, query(ctx, engine), p), ctx, engine
+
+
+async def test_self_consistency_follows_the_majority(tok):
+    res, ctx, _ = await run(tok, "self_consistency", n=8)
+    assert res.info["answer"] == "8" and ctx.calls == 8  # seeds 1..8: two of eight give 7
+
+
+async def test_tournament_finds_the_minority_right_answer(tok):
+    res, ctx, engine = await run(tok, "tournament", n=8, k=2)
+    assert res.info["answer"] == "7"
+    judged = [g for r in res.trace["rounds"] for g in r["games"] if g["calls"]]
+    assert all(len(g["calls"]) == 2 and {tuple(c["order"]) for c in g["calls"]} == {(g["a"], g["b"]),
+                                                                                     (g["b"], g["a"])}
+               for g in judged)
+    assert len(res.trace["rounds"]) == 3 and res.info["judge_agreement"] == 1.0
+    assert ctx.calls == 8 + res.info["judge_calls"]
+
+
+async def test_tournament_odd_count_and_league(tok):
+    res, _, _ = await run(tok, "tournament", n=5, k=1)
+    assert res.trace["rounds"][0]["bye"] == 4
+    res, _, _ = await run(tok, "tournament", n=6, league=True, m=2)
+    assert res.info["answer"] == "7" and len(res.trace["rounds"][0]["games"]) == 12
+
+
+async def test_reverse_verify_prefers_the_verified_answer(tok):
+    res, _, _ = await run(tok, "reverse_verify", n=8, m=2, alpha=0.5)
+    assert res.info["verified"] == {"8": 0, "7": 2} and res.info["answer"] == "7"
+    res, _, _ = await run(tok, "reverse_verify", n=8, m=2, alpha=1.0)
+    assert res.info["answer"] == "8"  # forward votes only
+
+
+async def test_composition_runs_the_sampler_per_candidate(tok):
+    res, ctx, _ = await run(tok, "tournament", n=4, sampler={"name": "self_consistency", "n": 3})
+    assert len(res.trace["samplers"]) == 4 and ctx.calls >= 12
+
+
+async def test_critical_tokens_masks_inside_the_engine(tok):
+    engine = scripted(tok)
+
+    async def score(prompt, continuation, rid, *, model=None, top_logprobs=0):
+        # Both like every token, except that the positive model shuns token 2: that one is critical.
+        other = len(tok) - 1
+        return [lp(t, {t: -0.1, other: -3.0} if model == "neg" or i != 2 else {t: -3.0, other: -0.1})
+                for i, t in enumerate(continuation)]
+
+    engine.score = score
+    ctx = Context(lambda m: (engine, m if m != "fake" else None), "req")
+    strategy, p = strategies.resolve({"name": "critical_tokens", "n": 2, "rounds": 1, "positive_model": "pos",
+                                      "negative_model": "neg"})
+    res = await strategy.run(ctx, query(ctx, engine), p)
+    resampled = [(prompt, spec.masked) for prompt, spec, _ in engine.calls if spec.masked]
+    assert len(resampled) == 2 and res.info["resamples"] == 2
+    for (prompt, masked), chain in zip(resampled, res.trace["chains"]):
+        first = tok.encode(chain[0]["text"], add_special_tokens=False)
+        assert chain[0]["critical"]["position"] == 2
+        assert masked == ((0, first[2]),)  # banned at the first new position...
+        assert prompt.endswith(tok.decode(first[:2]))  # ...after the prefix before it
