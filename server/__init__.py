@@ -1,0 +1,1 @@
+"""ponder's HTTP edge: OpenAI protocol, routes, errors, metrics, CLI."""
