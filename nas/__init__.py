@@ -1,0 +1,1 @@
+"""Puzzle NAS: blockwise distillation, scoring, cost profiling, MIP, DeciLM export (later issues)."""

@@ -1,0 +1,231 @@
+"""`ponder eval`: accuracy of a model + strategy on a built-in task, through the HTTP API.
+
+    ponder eval --base-url http://localhost:8000/v1 --strategy tournament --param n=8 --limit 500
+    ponder eval --model models/ponder-tiny --format judge          # in-process engine, same HTTP code
+    ponder eval sweep --base-url ... --strategies self_consistency,tournament --ns 1,2,4,8,16
+
+Requests go through the official openai SDK, concurrently, with a progress bar.
+Prints accuracy with a 95% Wilson interval, tokens per problem and wall time,
+and writes a JSON record (and, for a sweep, PNG plots).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import random
+import time
+from contextlib import asynccontextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm.asyncio import tqdm
+
+from tasks import arith
+
+FORMATS = ("forward", "judge", "backward")
+
+
+@dataclass
+class EvalConfig:
+    base_url: str | None = None  # a running server's /v1 URL
+    model: str | None = None  # model folder: start an in-process engine instead
+    model_name: str | None = None  # model id to request (default: the server's first model)
+    api_key: str = "EMPTY"
+    task: str = "arith"
+    split: str = "test"
+    limit: int = 500
+    format: str = "forward"
+    strategy: str = "direct"
+    params: dict[str, Any] = field(default_factory=dict)
+    n: int = 1  # choices per problem (pass@n is reported too)
+    temperature: float = 0.0
+    max_tokens: int = 256
+    seed: int = 0
+    concurrency: int = 64
+    out: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.base_url is None) == (self.model is None):
+            raise ValueError("give exactly one of --base-url and --model")
+        if self.task != "arith":
+            raise ValueError("the built-in task is 'arith'")
+        if self.format not in FORMATS:
+            raise ValueError(f"--format must be one of {FORMATS}")
+
+
+@dataclass(frozen=True)
+class Item:
+    prompt: str
+    check: Any  # expected answer (int) or winner ("Solution 1"/"Solution 2")
+
+
+def items(cfg: EvalConfig) -> list[Item]:
+    problems = arith.dataset(cfg.split, cfg.limit, seed=0)
+    rng = random.Random(1)
+    if cfg.format == "forward":
+        return [Item(arith.forward_prompt(p.question()), p.answer) for p in problems]
+    if cfg.format == "backward":
+        out = []
+        for p in problems:
+            masked = rng.randrange(len(p.quantities))
+            out.append(Item(arith.backward_prompt(p.backward_question(masked)), p.quantities[masked]))
+        return out
+    out = []  # judge: every (correct, wrong) pair in both orders
+    for p in problems:
+        right, wrong = p.forward_solution(), p.wrong_solution(rng)
+        out.append(Item(arith.judge_prompt(p.question(), right, wrong), "Solution 1"))
+        out.append(Item(arith.judge_prompt(p.question(), wrong, right), "Solution 2"))
+    return out
+
+
+def correct(fmt: str, text: str, check: Any) -> bool:
+    if fmt == "judge":
+        return arith.extract_winner(text) == check
+    return arith.is_correct(text, check)
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    if n == 0:
+        return 0.0, 0.0
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+@asynccontextmanager
+async def client_for(cfg: EvalConfig):
+    """An AsyncOpenAI client: to a server, or to an in-process app over ASGI."""
+    import httpx
+    from openai import AsyncOpenAI
+
+    if cfg.base_url:
+        async with AsyncOpenAI(base_url=cfg.base_url, api_key=cfg.api_key, max_retries=0, timeout=3600) as c:
+            yield c
+        return
+    from server.app import create_app
+    from server.engine.vllm_engine import VllmConfig, VllmEngine
+    from server.serving import Limits, OpenAIServing
+
+    engine = VllmEngine(VllmConfig(model=cfg.model))
+    app = create_app(OpenAIServing([engine], Limits(max_concurrent_requests=10_000)))
+    transport = httpx.ASGITransport(app=app)
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://ponder", timeout=3600) as http:
+            async with AsyncOpenAI(base_url="http://ponder/v1", api_key="EMPTY", http_client=http,
+                                   max_retries=0) as c:
+                yield c
+    finally:
+        await engine.aclose()
+
+
+async def evaluate(cfg: EvalConfig) -> dict[str, Any]:
+    todo = items(cfg)
+    strategy = {"name": cfg.strategy, **cfg.params}
+    sem = asyncio.Semaphore(cfg.concurrency)
+    async with client_for(cfg) as client:
+        model = cfg.model_name or (await client.models.list()).data[0].id
+
+        async def one(i: int, item: Item) -> dict[str, Any]:
+            async with sem:
+                r = await client.chat.completions.create(
+                    model=model, messages=[{"role": "user", "content": item.prompt}], n=cfg.n,
+                    temperature=cfg.temperature, max_tokens=cfg.max_tokens, seed=cfg.seed + i,
+                    extra_body={"strategy": strategy})
+            texts = [c.message.content or "" for c in r.choices]
+            oks = [correct(cfg.format, t, item.check) for t in texts]
+            extra = getattr(r, "ponder", None) or {}
+            return {"ok": oks, "completion_tokens": r.usage.completion_tokens, "prompt_tokens": r.usage.prompt_tokens,
+                    "engine_calls": extra.get("engine_calls"), "info": extra.get("info")}
+
+        t0 = time.time()
+        rows = await tqdm.gather(*(one(i, it) for i, it in enumerate(todo)), desc=f"{cfg.strategy} {cfg.params}")
+        wall = time.time() - t0
+    k = sum(r["ok"][0] for r in rows)
+    lo, hi = wilson(k, len(rows))
+    record = {
+        "config": asdict(cfg), "model": model, "problems": len(rows), "accuracy": k / len(rows), "ci95": [lo, hi],
+        "mean_accuracy_over_choices": sum(sum(r["ok"]) / len(r["ok"]) for r in rows) / len(rows),
+        f"pass@{cfg.n}": sum(any(r["ok"]) for r in rows) / len(rows),
+        "completion_tokens_per_problem": sum(r["completion_tokens"] for r in rows) / len(rows),
+        "prompt_tokens_per_problem": sum(r["prompt_tokens"] for r in rows) / len(rows),
+        "engine_calls_per_problem": sum(r["engine_calls"] or 0 for r in rows) / len(rows),
+        "wall_s": round(wall, 1), "rows": rows,
+    }
+    if cfg.format == "judge":
+        for want in ("Solution 1", "Solution 2"):
+            sel = [r["ok"][0] for r, it in zip(rows, todo) if it.check == want]
+            record.setdefault("by_order", {})[f"correct_is_{want[-1]}"] = sum(sel) / len(sel)
+    return record
+
+
+def summary(rec: dict[str, Any]) -> str:
+    c = rec["config"]
+    lo, hi = rec["ci95"]
+    line = (f"{c['format']} {c['strategy']} {json.dumps(c['params'])} T={c['temperature']}: "
+            f"accuracy {rec['accuracy']:.3f} [{lo:.3f}, {hi:.3f}] on {rec['problems']}")
+    key = f"pass@{c['n']}"
+    if c["n"] > 1:
+        line += f", {key} {rec[key]:.3f}"
+    for name, acc in rec.get("by_order", {}).items():
+        line += f", {name} {acc:.3f}"
+    return line + (f", {rec['completion_tokens_per_problem']:.0f} completion tokens/problem, "
+                   f"{rec['wall_s']:.0f}s")
+
+
+def write(rec: dict[str, Any], out: str | None) -> None:
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(rec, indent=1) + "\n")
+
+
+def parse_params(pairs: list[str]) -> dict[str, Any]:
+    out = {}
+    for p in pairs:
+        key, _, value = p.partition("=")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def _common(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--base-url")
+    ap.add_argument("--model")
+    ap.add_argument("--model-name")
+    ap.add_argument("--api-key", default="EMPTY")
+    ap.add_argument("--task", default="arith")
+    ap.add_argument("--split", default="test", choices=arith.SPLITS)
+    ap.add_argument("--limit", type=int, default=500)
+    ap.add_argument("--temperature", type=float, default=0.0)
+    ap.add_argument("--max-tokens", type=int, default=256)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--concurrency", type=int, default=64)
+    ap.add_argument("--out")
+
+
+def main(argv: list[str] | None = None) -> None:
+    if argv and argv[0] == "sweep":
+        from tasks.sweep import main as sweep_main
+
+        return sweep_main(argv[1:])
+    ap = argparse.ArgumentParser(prog="ponder eval", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    _common(ap)
+    ap.add_argument("--format", default="forward", choices=FORMATS)
+    ap.add_argument("--strategy", default="direct")
+    ap.add_argument("--param", action="append", default=[], help="strategy parameter KEY=VALUE (JSON values)")
+    ap.add_argument("--n", type=int, default=1, help="choices per problem; pass@n is reported")
+    a = ap.parse_args(argv)
+    cfg = EvalConfig(base_url=a.base_url, model=a.model, model_name=a.model_name, api_key=a.api_key, task=a.task,
+                     split=a.split, limit=a.limit, format=a.format, strategy=a.strategy,
+                     params=parse_params(a.param), n=a.n, temperature=a.temperature, max_tokens=a.max_tokens,
+                     seed=a.seed, concurrency=a.concurrency, out=a.out)
+    rec = asyncio.run(evaluate(cfg))
+    print(summary(rec))
+    write(rec, cfg.out)

@@ -1,0 +1,84 @@
+"""`ponder eval sweep`: strategies x N on one task, with plots.
+
+    ponder eval sweep --base-url http://localhost:8000/v1 --limit 500 \
+        --strategies direct,self_consistency,tournament --ns 1,2,4,8,16 --out bench/results
+
+Greedy `direct` runs once (N=1, temperature 0) as the baseline; every other
+strategy runs at each N with `--temperature`. Writes sweep.json, accuracy_vs_n.png
+and accuracy_vs_tokens.png (95% intervals as error bars).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+from tasks.eval import EvalConfig, _common, evaluate, parse_params, summary
+
+
+def plot(records: list[dict[str, Any]], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    by: dict[str, list[dict[str, Any]]] = {}
+    for r in records:
+        by.setdefault(r["label"], []).append(r)
+    for x_key, name, xlabel in (("n", "accuracy_vs_n.png", "N (candidates)"),
+                                ("completion_tokens_per_problem", "accuracy_vs_tokens.png",
+                                 "completion tokens per problem")):
+        fig, ax = plt.subplots(figsize=(6.4, 4.2))
+        for label, rs in by.items():
+            rs = sorted(rs, key=lambda r: r[x_key])
+            xs = [r[x_key] for r in rs]
+            ys = [r["accuracy"] for r in rs]
+            err = [[r["accuracy"] - r["ci95"][0] for r in rs], [r["ci95"][1] - r["accuracy"] for r in rs]]
+            if label == "greedy":
+                ax.axhline(ys[0], color="k", ls="--", lw=1, label=f"greedy ({ys[0]:.3f})")
+                continue
+            ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=label)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("accuracy")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / name, dpi=120)
+        plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="ponder eval sweep", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    _common(ap)
+    ap.add_argument("--strategies", default="self_consistency,tournament,reverse_verify,critical_tokens")
+    ap.add_argument("--ns", default="1,2,4,8,16")
+    ap.add_argument("--param", action="append", default=[],
+                    help="STRATEGY.KEY=VALUE, a fixed parameter of one strategy (e.g. tournament.k=2)")
+    a = ap.parse_args(argv)
+    out = Path(a.out or "runs/sweep")
+    out.mkdir(parents=True, exist_ok=True)
+    fixed: dict[str, dict[str, Any]] = {}
+    for key, value in parse_params(a.param).items():
+        name, _, param = key.partition(".")
+        fixed.setdefault(name, {})[param] = value
+    common = dict(base_url=a.base_url, model=a.model, model_name=a.model_name, api_key=a.api_key, task=a.task,
+                  split=a.split, limit=a.limit, max_tokens=a.max_tokens, seed=a.seed, concurrency=a.concurrency)
+    grid = [("greedy", EvalConfig(**common, strategy="direct", temperature=0.0), 1)]
+    for name in a.strategies.split(","):
+        for n in map(int, a.ns.split(",")):
+            params = {"n": n, **fixed.get(name, {})}
+            grid.append((name, EvalConfig(**common, strategy=name, params=params, temperature=a.temperature), n))
+    records = []
+    for label, cfg, n in grid:
+        rec = asyncio.run(evaluate(cfg))
+        print(summary(rec), flush=True)
+        rec.pop("rows")
+        records.append({"label": label, "n": n, **rec})
+        (out / "sweep.json").write_text(json.dumps(records, indent=1) + "\n")
+    plot(records, out)
+    print(f"wrote {out}/sweep.json, accuracy_vs_n.png, accuracy_vs_tokens.png")
