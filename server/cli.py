@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import signal
 import sys
 from pathlib import Path
 
@@ -18,6 +20,25 @@ commands:
   eval      accuracy of a strategy on a built-in task (ponder eval --help)
   train     train ponder's models: pretrain | cdpo-contrast (ponder train pretrain --help)
 """
+
+
+def _server_class():
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """uvicorn re-raises SIGTERM/SIGINT after a graceful shutdown, which would kill the
+        process before ponder closes its engines; here a signal means: stop, clean up, exit 0."""
+
+        @contextlib.contextmanager
+        def capture_signals(self):
+            handlers = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+            try:
+                yield
+            finally:
+                for sig, handler in handlers.items():
+                    signal.signal(sig, handler)
+
+    return Server
 
 
 def build_engines(cfg: ServeConfig) -> list:
@@ -45,16 +66,20 @@ async def serve(cfg: ServeConfig) -> int:
     import uvicorn
 
     from server.app import create_app
-    from server.serving import Limits, OpenAIServing
+    from server.serving import Limits, OpenAIServing, validate_strategy
 
-    default = json.loads(cfg.default_strategy) if cfg.default_strategy.startswith("{") else cfg.default_strategy
+    try:  # fail before the engine's slow start, not on the first request
+        default = json.loads(cfg.default_strategy) if cfg.default_strategy.startswith("{") else cfg.default_strategy
+        validate_strategy(default)
+    except ValueError as e:
+        raise SystemExit(f"ponder: bad --default-strategy: {e}") from e
     engines = build_engines(cfg)
     exit_code = 0
     try:
         serving = OpenAIServing(engines, Limits(max_n=cfg.max_n, max_request_tokens=cfg.max_request_tokens,
                                                 max_concurrent_requests=cfg.max_concurrent_requests,
                                                 default_strategy=default))
-        server: uvicorn.Server | None = None
+        server = None
 
         def on_engine_death() -> None:
             nonlocal exit_code
@@ -63,8 +88,8 @@ async def serve(cfg: ServeConfig) -> int:
             asyncio.get_running_loop().call_later(2.0, lambda: setattr(server, "should_exit", True))
 
         app = create_app(serving, api_key=cfg.api_key, on_engine_death=on_engine_death)
-        server = uvicorn.Server(uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level=cfg.log_level,
-                                               timeout_graceful_shutdown=5))
+        server = _server_class()(uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level=cfg.log_level,
+                                                timeout_graceful_shutdown=5))
         names = ", ".join(c.id for e in engines for c in e.models())
         log.info("serving %s on http://%s:%d", names, cfg.host, cfg.port)
         await server.serve()

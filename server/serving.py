@@ -60,7 +60,6 @@ class OpenAIServing:
             for card in engine.models():
                 self.routes[card.id] = (engine, card.id if card.parent else None)
         self.in_flight = 0
-        strategies.resolve(limits.default_strategy)  # fail at start-up, not per request
 
     # ---- models and strategies ----
 
@@ -97,24 +96,8 @@ class OpenAIServing:
         if req.n > lim.max_n or getattr(params, "n", 1) > lim.max_n:
             raise bad_request(f"n is capped at {lim.max_n} (request n={req.n}, strategy n={getattr(params, 'n', 1)})",
                               param="n")
-        tok = engine.tokenizer
-        if isinstance(req, ChatCompletionRequest):
-            try:
-                text = tok.apply_chat_template(req.chat(), tokenize=False, add_generation_prompt=True)
-            except Exception as e:  # template errors are the request's fault
-                raise bad_request(f"cannot render messages with the model's chat template: {e}",
-                                  param="messages") from e
-            prompts = [(tuple(tok.encode(text, add_special_tokens=False)), req.question(), "")]
-        else:
-            prompts = []
-            for p in req.prompts():
-                if isinstance(p, str):
-                    prompts.append((tuple(tok.encode(p, add_special_tokens=False)), p, p if req.echo else ""))
-                else:
-                    if any(t < 0 or t >= len(tok) for t in p):
-                        raise bad_request(f"token ids must be in [0, {len(tok)})", param="prompt")
-                    text = tok.decode(p)
-                    prompts.append((tuple(p), text, text if req.echo else ""))
+        self._check_models(params)
+        prompts = self._prompts(req, engine.tokenizer)
         longest = max(len(ids) for ids, _, _ in prompts)
         room = engine.max_model_len - longest
         asked = req.requested_max_tokens()
@@ -131,8 +114,9 @@ class OpenAIServing:
                               f"{lim.max_request_tokens} (--max-request-tokens); lower max_tokens or n",
                               param="max_tokens", code="request_too_large")
         spec = req.spec(max_tokens, req.logprobs_k())
-        if spec.logit_bias and any(t >= len(tok) for t, _ in spec.logit_bias):
-            raise bad_request(f"logit_bias token ids must be < {len(tok)}", param="logit_bias")
+        vocab = len(engine.tokenizer)
+        if any(t >= vocab for t, _ in spec.logit_bias):
+            raise bad_request(f"logit_bias token ids must be < {vocab}", param="logit_bias")
         queries, echo = [], []
         for ids, question, prefix in prompts:
             for j in range(req.n):
@@ -142,6 +126,34 @@ class OpenAIServing:
         rid = ("chatcmpl-" if kind == "chat" else "cmpl-") + uuid.uuid4().hex
         return Prepared(kind, rid, req.model, strategy, params, queries, echo, req.logprobs_k(),
                         req.include_usage(), req.return_trace)
+
+    @staticmethod
+    def _prompts(req: ChatCompletionRequest | CompletionRequest, tok: Any) -> list[tuple[tuple[int, ...], str, str]]:
+        """(prompt ids, question, echo prefix) per prompt of the request."""
+        if isinstance(req, ChatCompletionRequest):
+            try:
+                text = tok.apply_chat_template(req.chat(), tokenize=False, add_generation_prompt=True)
+            except Exception as e:  # template errors are the request's fault
+                raise bad_request(f"cannot render messages with the model's chat template: {e}",
+                                  param="messages") from e
+            return [(tuple(tok.encode(text, add_special_tokens=False)), req.question(), "")]
+        prompts = []
+        for p in req.prompts():
+            if isinstance(p, list) and any(t < 0 or t >= len(tok) for t in p):
+                raise bad_request(f"token ids must be in [0, {len(tok)})", param="prompt")
+            ids = tuple(p) if isinstance(p, list) else tuple(tok.encode(p, add_special_tokens=False))
+            text = p if isinstance(p, str) else tok.decode(p)
+            prompts.append((ids, text, text if req.echo else ""))
+        return prompts
+
+    def _check_models(self, params: Any) -> None:
+        """Models a strategy names (judge_model, positive_model, ...) must exist: 404 before any work."""
+        for f in dataclasses.fields(params):
+            value = getattr(params, f.name)
+            if f.name.endswith("_model") and value is not None:
+                self.route(value)
+            elif f.name == "sampler" and value is not None:
+                self._check_models(strategies.resolve(value)[1])
 
     async def handle(self, req: ChatCompletionRequest | CompletionRequest, raw: Request,
                      path_strategy: str | None = None):

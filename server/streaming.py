@@ -65,7 +65,27 @@ def _error(p: Prepared, e: BaseException) -> str:
     return sse(err.body())
 
 
-async def stream_direct(serving: OpenAIServing, p: Prepared, done: Done) -> AsyncIterator[str]:
+async def _guarded(p: Prepared, body: AsyncIterator[str], tasks: list[asyncio.Future], ctx: Context,
+                   done: Done) -> AsyncIterator[str]:
+    """Relay a stream body. An exception becomes an error chunk and [DONE]; at the end, and
+    when the client leaves, every task of the request is cancelled (aborting its engine calls)."""
+    status = "disconnect"
+    try:
+        async for line in body:
+            yield line
+        status = "ok"
+    except Exception as e:
+        status = "error"
+        yield _error(p, e)
+        yield "data: [DONE]\n\n"
+    finally:
+        for t in tasks:
+            t.cancel()
+        await body.aclose()
+        done(status, ctx)
+
+
+def stream_direct(serving: OpenAIServing, p: Prepared, done: Done) -> AsyncIterator[str]:
     """Plain decoding: every choice streams its engine deltas as they come."""
     ctx = Context(serving.route, p.id)
     engine, adapter = serving.route(p.model)
@@ -87,8 +107,8 @@ async def stream_direct(serving: OpenAIServing, p: Prepared, done: Done) -> Asyn
             raise
 
     tasks = [asyncio.ensure_future(pump(i)) for i in range(len(p.queries))]
-    status = "disconnect"
-    try:
+
+    async def body() -> AsyncIterator[str]:
         for i, prefix in enumerate(p.echo):
             yield sse(chunk(p, i, prefix, None, None, tok, first=True))
         offsets = [len(prefix) for prefix in p.echo]
@@ -103,25 +123,20 @@ async def stream_direct(serving: OpenAIServing, p: Prepared, done: Done) -> Asyn
         await asyncio.gather(*tasks)
         for line in _closing(p, _usage(ctx)):
             yield line
-        status = "ok"
-    except Exception as e:
-        status = "error"
-        yield _error(p, e)
-        yield "data: [DONE]\n\n"
-    finally:
-        for t in tasks:
-            t.cancel()
-        done(status, ctx)
+
+    return _guarded(p, body(), tasks, ctx, done)
 
 
-async def stream_strategy(serving: OpenAIServing, p: Prepared, done: Done) -> AsyncIterator[str]:
+def stream_strategy(serving: OpenAIServing, p: Prepared, done: Done) -> AsyncIterator[str]:
     """Heartbeats with progress while the strategy runs, then the chosen answer."""
     events: asyncio.Queue = asyncio.Queue()
     ctx = Context(serving.route, p.id, progress=events.put_nowait)
     task = asyncio.ensure_future(serving.run(ctx, p))
     tok = serving.route(p.model)[0].tokenizer
-    status = "disconnect"
-    try:
+
+    async def body() -> AsyncIterator[str]:
+        from server.serving import ponder_field, usage
+
         yield f": ponder {json.dumps({'strategy': p.strategy.name, 'stage': 'start'})}\n\n"
         while not task.done():
             getter = asyncio.ensure_future(events.get())
@@ -132,8 +147,6 @@ async def stream_strategy(serving: OpenAIServing, p: Prepared, done: Done) -> As
                 getter.cancel()
                 yield ": ponder heartbeat\n\n"
         results: list[Result] = task.result()
-        from server.serving import ponder_field, usage
-
         for i, (r, prefix) in enumerate(zip(results, p.echo)):
             yield sse(chunk(p, i, prefix, None, None, tok, first=True))
             pieces = _pieces(r.choice.text, r.choice.token_ids, tok)
@@ -148,15 +161,8 @@ async def stream_strategy(serving: OpenAIServing, p: Prepared, done: Done) -> As
             yield sse(last)
         for line in _closing(p, usage(ctx, results)):
             yield line
-        status = "ok"
-    except Exception as e:
-        status = "error"
-        yield _error(p, e)
-        yield "data: [DONE]\n\n"
-    finally:
-        if not task.done():
-            task.cancel()
-        done(status, ctx)
+
+    return _guarded(p, body(), [task], ctx, done)
 
 
 def _pieces(text: str, token_ids: tuple[int, ...], tok: Any) -> list[str]:

@@ -119,5 +119,5 @@ class Context:
 
 
 def seeded(spec: SamplingSpec, offset: int) -> SamplingSpec:
-    """The same spec with seed + offset (or no seed if the request had none)."""
-    return spec if spec.seed is None else spec.replace(seed=spec.seed + offset)
+    """The same spec with seed + offset, kept within int64 (or no seed if the request had none)."""
+    return spec if spec.seed is None else spec.replace(seed=(spec.seed + offset) % 2**63)
