@@ -34,6 +34,7 @@ class EvalConfig:
     base_url: str | None = None  # a running server's /v1 URL
     model: str | None = None  # model folder: start an in-process engine instead
     model_name: str | None = None  # model id to request (default: the server's first model)
+    lora: list[str] = field(default_factory=list)  # NAME=PATH adapters for the in-process engine
     api_key: str = "EMPTY"
     task: str = "arith"
     split: str = "test"
@@ -111,7 +112,8 @@ async def client_for(cfg: EvalConfig):
     from server.engine.vllm_engine import VllmConfig, VllmEngine
     from server.serving import Limits, OpenAIServing
 
-    engine = VllmEngine(VllmConfig(model=cfg.model))
+    loras = tuple(tuple(s.split("=", 1)) for s in cfg.lora)
+    engine = VllmEngine(VllmConfig(model=cfg.model, loras=loras))
     app = create_app(OpenAIServing([engine], Limits(max_concurrent_requests=10_000)))
     transport = httpx.ASGITransport(app=app)
     try:
@@ -198,6 +200,7 @@ def _common(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--base-url")
     ap.add_argument("--model")
     ap.add_argument("--model-name")
+    ap.add_argument("--lora", action="append", default=[], help="NAME=PATH adapter for --model (repeatable)")
     ap.add_argument("--api-key", default="EMPTY")
     ap.add_argument("--task", default="arith")
     ap.add_argument("--split", default="test", choices=arith.SPLITS)
@@ -222,7 +225,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--param", action="append", default=[], help="strategy parameter KEY=VALUE (JSON values)")
     ap.add_argument("--n", type=int, default=1, help="choices per problem; pass@n is reported")
     a = ap.parse_args(argv)
-    cfg = EvalConfig(base_url=a.base_url, model=a.model, model_name=a.model_name, api_key=a.api_key, task=a.task,
+    cfg = EvalConfig(base_url=a.base_url, model=a.model, model_name=a.model_name, lora=a.lora, api_key=a.api_key,
+                     task=a.task,
                      split=a.split, limit=a.limit, format=a.format, strategy=a.strategy,
                      params=parse_params(a.param), n=a.n, temperature=a.temperature, max_tokens=a.max_tokens,
                      seed=a.seed, concurrency=a.concurrency, out=a.out)

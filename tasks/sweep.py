@@ -66,7 +66,8 @@ def main(argv: list[str] | None = None) -> None:
     for key, value in parse_params(a.param).items():
         name, _, param = key.partition(".")
         fixed.setdefault(name, {})[param] = value
-    common = dict(base_url=a.base_url, model=a.model, model_name=a.model_name, api_key=a.api_key, task=a.task,
+    common = dict(base_url=a.base_url, model=a.model, model_name=a.model_name, lora=a.lora, api_key=a.api_key,
+                  task=a.task,
                   split=a.split, limit=a.limit, max_tokens=a.max_tokens, seed=a.seed, concurrency=a.concurrency)
     grid = [("greedy", EvalConfig(**common, strategy="direct", temperature=0.0), 1)]
     for name in a.strategies.split(","):
