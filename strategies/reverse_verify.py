@@ -119,8 +119,9 @@ async def run(ctx: Context, query: Query, params: Params) -> Result:
         ids = ctx.render(query.model, [{"role": "user", "content": prompt}])
         return (await ctx.generate(query.model, ids, seeded(aux, 2_000 + 97 * i + j))).text
 
-    ctx.progress(stage="backward_solutions", calls=params.m * sum(q is not None for _, q in questions))
-    todo = [(i, j) for i, (_, masked) in enumerate(questions) if masked is not None for j in range(params.m)]
+    m = params.m if aux.temperature > 0 else 1  # greedy solutions would all be the same
+    todo = [(i, j) for i, (_, masked) in enumerate(questions) if masked is not None for j in range(m)]
+    ctx.progress(stage="backward_solutions", calls=len(todo))
     solved = await asyncio.gather(*(solve(i, j, questions[i][0]) for i, j in todo))
     verified: dict[str, int] = {a: 0 for a in checked}
     checks: dict[str, list[dict[str, Any]]] = {a: [] for a in checked}

@@ -8,11 +8,11 @@ that training and the strategies need:
   backward_question  question + "The correct answer is N." -> the same story with
                      one quantity replaced by x and the answer given (RevThink's Q_b)
   backward           Q_b -> equations that undo the steps -> "Answer: x"
-  judge              question + two solutions -> every equation copied, redone and
-                     marked -> "Winner: Solution 1|2" (one correct, one with a slip)
+  judge              question + two solutions -> every equation redone and compared
+                     -> "Winner: Solution 1|2" (one correct, one with a slip)
 
-The judge verifies instead of re-solving: each check copies one equation and
-redoes it from the copied inputs, so a slip does not compound along the chain
+The judge verifies instead of re-solving: each check redoes one equation from
+inputs copied out of the solution, so a slip does not compound along the chain
 the way it does when solving. That is why a judge can beat greedy decoding (the
 premise of the knockout tournament).
 
@@ -305,14 +305,16 @@ def judge_prompt(question: str, solution_1: str, solution_2: str) -> str:
 
 
 def judge_verdict(solution_1: str, solution_2: str) -> str:
-    """The judge's target: every equation of both solutions copied, redone and marked.
+    """The judge's target: every equation of both solutions redone, then compared.
 
-    Each equation line "a op b = c" of solution k becomes "k: a op b = c -> r ok"
-    (or "-> r wrong" when the redone result r differs from c); checking a
-    solution stops at its first wrong line (the rest follows from it). Copying
-    the line first puts the stated and the redone result side by side, so the
-    verdict is a local comparison; redoing one equation from copied inputs does
-    not compound errors the way solving does. The winner is the solution with
+    Each equation line "a op b = c" of solution k becomes "k: a op b = r, says c, ok"
+    (or "wrong" when the redone result r differs from c); checking a solution
+    stops at its first wrong line (the rest follows from it). The order matters
+    for a small model: "a op b = " is where it has learned to compute (a copied
+    "= c" first invites copying c again as r, seen in training), and writing c
+    out puts both numbers side by side, so the verdict is a local comparison.
+    Redoing one equation from copied inputs does not compound errors the way
+    solving does. The winner is the solution with
     no wrong line; otherwise "Tie". It checks arithmetic, not whether the
     operands were read correctly from the question.
     """
@@ -324,7 +326,7 @@ def judge_verdict(solution_1: str, solution_2: str) -> str:
             exact = op != "/" or (b > 0 and a % b == 0)
             r = (a // b if b else 0) if op == "/" else apply(op, a, b)
             ok = exact and r == c
-            lines.append(f"{k}: {a} {op} {b} = {c} -> {r} " + ("ok" if ok else "wrong"))
+            lines.append(f"{k}: {a} {op} {b} = {r}, says {c}, " + ("ok" if ok else "wrong"))
             if not ok:
                 break
         clean.append(ok)

@@ -82,7 +82,7 @@ class PretrainConfig:
     min_lr_ratio: float = field(default=0.1, metadata={"help": "cosine floor as a fraction of lr"})
     warmup: int = field(default=200, metadata={"help": "linear warm-up steps"})
     weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay"})
-    mix: str = field(default="forward=0.35,judge=0.25,backward=0.3,backward_question=0.1",
+    mix: str = field(default="forward=0.3,judge=0.3,backward=0.3,backward_question=0.1",
                      metadata={"help": "format=weight,... sampling mix of the task formats"})
     max_steps_per_problem: int = field(default=5, metadata={"help": "task difficulty: longest chain"})
     max_value: int = field(default=999, metadata={"help": "task difficulty: largest intermediate value"})

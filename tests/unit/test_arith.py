@@ -77,8 +77,8 @@ def test_wrong_solution_has_one_slip_then_stays_consistent(train):
 
 def test_judge_verdict_checks_each_equation():
     v = arith.judge_verdict("2 + 3 = 5\n5 * 2 = 10\nAnswer: 10", "2 + 3 = 6\n6 * 2 = 12\nAnswer: 12")
-    assert v.splitlines() == ["1: 2 + 3 = 5 -> 5 ok", "1: 5 * 2 = 10 -> 10 ok", "2: 2 + 3 = 6 -> 5 wrong",
-                              "Winner: Solution 1"]
+    assert v.splitlines() == ["1: 2 + 3 = 5, says 5, ok", "1: 5 * 2 = 10, says 10, ok",
+                              "2: 2 + 3 = 5, says 6, wrong", "Winner: Solution 1"]
     assert arith.judge_verdict("7 / 2 = 3", "6 / 2 = 3").endswith("Winner: Solution 2")
     assert arith.judge_verdict("1 + 1 = 2", "1 + 1 = 2").endswith("Tie")
 

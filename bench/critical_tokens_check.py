@@ -1,0 +1,95 @@
+"""Does the contrastive estimate find the paper's critical token? (cDPO, Lin et al. 2024)
+
+    python bench/critical_tokens_check.py [--trajectories 40] [--samples 16]
+
+Takes wrong sampled trajectories of the base model on test problems. For each,
+the contrastive critical token is the lowest s_t under the positive/negative
+adapters; the rollout critical token is the paper's definition: the first token
+after whose prefix no continuation succeeds and none after it does more than
+5% of the time (`--samples` continuations per prefix). Prints how often the two
+agree (exactly, and within the same equation line), and how often masking the
+contrastive critical token and resampling fixes the answer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from server.engine.base import SamplingSpec  # noqa: E402
+from strategies.base import Candidate, Context, Query  # noqa: E402
+from strategies.critical_tokens import (  # noqa: E402
+    contrastive_scores,
+    critical_position,
+    rollout_critical,
+    rollout_success,
+)
+from tasks import arith  # noqa: E402
+
+
+async def check(args) -> dict:
+    from server.engine.vllm_engine import VllmConfig, VllmEngine
+
+    model = Path(args.model)
+    loras = tuple((f"{model.name}-{k}", f"{model}-{k}") for k in ("pos", "neg"))
+    engine = VllmEngine(VllmConfig(model=str(model), loras=loras))
+    name = engine.models()[0].id
+    ctx = Context(lambda m: (engine, None if m == name else m), "ctcheck")
+    tok = engine.tokenizer
+    rows = []
+    try:
+        for i, p in enumerate(arith.dataset("test", 400)):
+            if len(rows) >= args.trajectories:
+                break
+            ids = ctx.render(name, [{"role": "user", "content": p.question()}])
+            query = Query(name, ids, p.question(), SamplingSpec(max_tokens=200, temperature=1.0, seed=i))
+            cand = await ctx.generate(name, ids, query.spec)
+            if arith.is_correct(cand.text, p.answer) or not cand.token_ids:
+                continue
+            pos, neg = await asyncio.gather(ctx.score(f"{name}-pos", ids, cand.token_ids, 20),
+                                            ctx.score(f"{name}-neg", ids, cand.token_ids, 20))
+            s = contrastive_scores(pos, neg, beta=1.0)
+            t_contrast = critical_position(s, 1.0)
+            success = await rollout_success(ctx, query, cand, lambda text: arith.is_correct(text, p.answer),
+                                            samples=args.samples)
+            t_rollout = rollout_critical(success)
+            fixed = await ctx.generate(name, ids + cand.token_ids[:t_contrast],
+                                       query.spec.replace(masked=((0, cand.token_ids[t_contrast]),)))
+            head = tok.decode(list(cand.token_ids[:t_contrast]), skip_special_tokens=True)
+
+            def line(t: int | None) -> int | None:
+                return None if t is None else tok.decode(list(cand.token_ids[:t])).count("\n")
+
+            rows.append({"problem": i, "contrastive": t_contrast, "rollout": t_rollout,
+                         "same_line": t_rollout is not None and line(t_contrast) == line(t_rollout),
+                         "fixed": arith.is_correct(head + fixed.text, p.answer),
+                         "token": tok.decode([cand.token_ids[t_contrast]]), "text": cand.text})
+            print(json.dumps({k: v for k, v in rows[-1].items() if k != "text"}), flush=True)
+    finally:
+        await engine.aclose()
+    with_rollout = [r for r in rows if r["rollout"] is not None]
+    return {
+        "trajectories": len(rows), "with_rollout_critical": len(with_rollout),
+        "exact_match": sum(r["contrastive"] == r["rollout"] for r in with_rollout) / max(1, len(with_rollout)),
+        "same_line": sum(r["same_line"] for r in with_rollout) / max(1, len(with_rollout)),
+        "masked_resample_fixes": sum(r["fixed"] for r in rows) / max(1, len(rows)),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default=str(ROOT / "models" / "ponder-tiny"))
+    ap.add_argument("--trajectories", type=int, default=40)
+    ap.add_argument("--samples", type=int, default=16)
+    summary = asyncio.run(check(ap.parse_args()))
+    print("critical_tokens_check: " + json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()
