@@ -1,0 +1,97 @@
+"""VllmEngine against real vLLM on ponder-tiny."""
+
+import asyncio
+
+import pytest
+
+from server.engine.base import SamplingSpec, collect
+from tasks import arith
+from tests.conftest import LORAS
+
+Q = arith.dataset("test", 1)[0].question()
+GREEDY = SamplingSpec(max_tokens=64, temperature=0.0)
+
+
+async def gen(engine, ids, spec, rid, **kw):
+    return await collect(engine.generate(ids, spec, rid, **kw))
+
+
+async def test_streamed_deltas_join_to_the_final_output(engine, render):
+    ids = render(Q)
+    whole = await gen(engine, ids, GREEDY, "whole", stream=False)
+    parts = [o async for o in engine.generate(ids, GREEDY, "parts")]
+    assert len(parts) > 1 and parts[-1].finish_reason == whole.finish_reason == "stop"
+    assert "".join(p.text for p in parts) == whole.text
+    assert sum((p.token_ids for p in parts), ()) == whole.token_ids
+    assert whole.prompt_tokens == len(ids) and whole.completion_tokens == len(whole.token_ids)
+
+
+async def test_seeds_reproduce_and_differ(engine, render):
+    ids = render(Q)
+    spec = SamplingSpec(max_tokens=64, temperature=1.0, seed=7)
+    a, b, c = await asyncio.gather(*(gen(engine, ids, s, f"seed-{i}")
+                                     for i, s in enumerate([spec, spec, spec.replace(seed=8)])))
+    assert a.token_ids == b.token_ids
+    outs = await asyncio.gather(*(gen(engine, ids, spec.replace(seed=s), f"s{s}") for s in range(8)))
+    assert len({o.token_ids for o in outs}) > 1
+
+
+async def test_prompt_logprobs_score_what_sampling_saw(engine, render):
+    ids = render(Q)
+    out = await gen(engine, ids, GREEDY.replace(logprobs=5), "lp")
+    scored = await engine.score(ids, out.token_ids, "score", top_logprobs=5)
+    assert [s.token_id for s in scored] == list(out.token_ids)
+    for s, o in zip(scored, out.logprobs):
+        assert s.logprob == pytest.approx(o.logprob, abs=0.05)
+        assert s.top[0][0] == s.token_id  # greedy: the chosen token is the top one
+
+
+async def test_masked_token_never_appears_there_and_nothing_else_moves(engine, render):
+    ids = render(Q)
+    base = await gen(engine, ids, GREEDY, "base")
+    k = 3
+    prefix = list(base.token_ids[:k])
+    masked_spec = GREEDY.replace(masked=((0, base.token_ids[k]),))
+    masked, again = await asyncio.gather(gen(engine, ids + prefix, masked_spec, "masked"),
+                                         gen(engine, ids, GREEDY, "unmasked-neighbour"))
+    assert masked.token_ids[0] != base.token_ids[k]
+    assert again.token_ids == base.token_ids  # a request in the same batch is untouched
+    later = await gen(engine, ids, GREEDY.replace(masked=((k, base.token_ids[k]),)), "later")
+    assert later.token_ids[:k] == base.token_ids[:k] and later.token_ids[k] != base.token_ids[k]
+    sampled = await asyncio.gather(*(gen(engine, ids + prefix, masked_spec.replace(temperature=1.5, seed=s), f"m{s}")
+                                     for s in range(16)))
+    assert all(o.token_ids[0] != base.token_ids[k] for o in sampled)
+
+
+async def test_abort_frees_the_engine(engine, render):
+    spec = SamplingSpec(max_tokens=900, temperature=1.0, seed=1)
+    task = asyncio.ensure_future(gen(engine, render(Q), spec, "long"))
+    await asyncio.sleep(0.3)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    for _ in range(50):
+        if engine.num_unfinished() == 0:
+            break
+        await asyncio.sleep(0.1)
+    assert engine.num_unfinished() == 0
+
+
+@pytest.mark.skipif(len(LORAS) < 2, reason="contrastive adapters not trained yet")
+async def test_lora_adapters_are_served_and_differ(engine, render):
+    ids = render(Q)
+    out = await gen(engine, ids, GREEDY, "for-lora")
+    base, pos, neg = await asyncio.gather(*(engine.score(ids, out.token_ids, f"lora-{m}", model=m)
+                                            for m in (None, "ponder-tiny-pos", "ponder-tiny-neg")))
+    lp = [[t.logprob for t in x] for x in (base, pos, neg)]
+    assert lp[0] != lp[1] and lp[1] != lp[2]
+    assert {c.id for c in engine.models()} == {"ponder-tiny", "ponder-tiny-pos", "ponder-tiny-neg"}
+
+
+async def test_committed_model_answers_in_format(engine, render):
+    problems = arith.dataset("test", 40)
+    outs = await asyncio.gather(*(gen(engine, render(p.question()), GREEDY.replace(max_tokens=200), f"fmt-{i}")
+                                  for i, p in enumerate(problems)))
+    assert all(arith.extract_answer(o.text) is not None for o in outs)
+    assert all(arith.EQUATION_RE.search(o.text) for o in outs)
+    assert sum(arith.is_correct(o.text, p.answer) for o, p in zip(outs, problems)) >= 10
