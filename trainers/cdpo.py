@@ -8,9 +8,13 @@
    incorrect ones (negative): completion-only loss, the paper's LoRA r=8,
    lr 3e-4 (its 1 epoch; more here, see `epochs`, because a tiny model's two
    adapters barely part after one).
-4. Save both as PEFT adapters that ponder serves beside the base
-   (`--lora ponder-tiny-pos=... --lora ponder-tiny-neg=...`); the
-   critical_tokens strategy contrasts them token by token.
+4. Merge each adapter into a copy of the base and save it as a full model
+   (with the base's tokenizer) that ponder serves beside the base
+   (`--model ponder-tiny --model ponder-tiny-pos --model ponder-tiny-neg`); the
+   critical_tokens strategy contrasts them token by token. Merged, not served
+   as LoRA: vLLM's CPU LoRA path fails on prompt log-probs (its punica CPU
+   wrapper maps LoRA logits per request, not per prompt token), and scoring is
+   all prompt log-probs. At 3.6M parameters a merged copy costs 14 MB.
 
 The token-level DPO of cDPO (training on the critical tokens) is a later stage.
 """
@@ -102,7 +106,7 @@ def finetune(cfg: ContrastConfig, trajectories: list[dict], out: Path) -> dict:
     losses = []
     steps = [(e, i) for e in range(cfg.epochs) for i in range(0, len(rows), cfg.batch_size)]
     model.train()
-    for epoch, i in tqdm(steps, desc=f"lora {out.name}"):
+    for _, i in tqdm(steps, desc=f"lora {out.name}"):
         if i == 0:
             rng.shuffle(rows)
         opt.zero_grad(set_to_none=True)
@@ -110,7 +114,8 @@ def finetune(cfg: ContrastConfig, trajectories: list[dict], out: Path) -> dict:
                                  cfg))
         opt.step()
     changed = sum(int(not torch.equal(p.detach(), before[n])) for n, p in model.named_parameters() if n in before)
-    save_atomic(out, lambda d: model.save_pretrained(d))
+    merged = model.merge_and_unload()
+    save_atomic(out, lambda d: (merged.save_pretrained(d), tok.save_pretrained(d)))
     return {"trajectories": len(rows), "steps": len(steps), "loss_first": losses[0],
             "loss_last_10": sum(losses[-10:]) / len(losses[-10:]), "tensors_changed": changed,
             "tensors_trained": len(before)}

@@ -75,3 +75,20 @@ def test_resumed_batches_match_an_unbroken_run(tok):
         next(stream)
     resumed = pretrain.make_batch(7, cfg, tok, stream)
     assert all(torch.equal(x, y) for a, b in zip(unbroken, resumed) for x, y in zip(a, b))
+
+
+def test_cdpo_contrast_model_loss_falls_and_merged_weights_change(tmp_path):
+    from trainers import cdpo
+
+    base = tmp_path / "base"
+    pretrain.train(small(base, steps=20, ckpt_every=100))
+    rows = [{"question": p.question(), "text": p.forward_solution()} for p in arith.dataset("train", 16)]
+    # one batch of the same 16 trajectories per step: the loss is comparable from step to step
+    cfg = cdpo.ContrastConfig(base=str(base), epochs=30, batch_size=16, micro_batch=8, lr=1e-2, bf16=False)
+    rec = cdpo.finetune(cfg, rows, tmp_path / "pos")
+    assert rec["loss_last_10"] < 0.95 * rec["loss_first"], rec  # same batch every step: a real fall
+    assert rec["tensors_changed"] == rec["tensors_trained"] > 0
+    merged, before = load_file(tmp_path / "pos" / "model.safetensors"), load_file(base / "model.safetensors")
+    assert merged.keys() == before.keys()  # a plain model: the adapter is merged in
+    assert not torch.equal(merged["model.layers.0.mlp.up_proj.weight"], before["model.layers.0.mlp.up_proj.weight"])
+    assert (tmp_path / "pos" / "tokenizer.json").exists()
