@@ -22,8 +22,7 @@ COPY --chown=ponder models ./models
 USER ponder
 ENV PONDER_HOST=0.0.0.0 \
     PONDER_PORT=8000 \
-    PONDER_MODEL=/app/models/ponder-tiny \
-    PONDER_LORA=ponder-tiny-pos=/app/models/ponder-tiny-pos,ponder-tiny-neg=/app/models/ponder-tiny-neg
+    PONDER_MODEL=/app/models/ponder-tiny,/app/models/ponder-tiny-pos,/app/models/ponder-tiny-neg
 EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=5s --start-period=120s --retries=3 \
     CMD python3 -c "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/health' % os.environ.get('PONDER_PORT', '8000'), timeout=4)"

@@ -5,8 +5,8 @@ BIN := $(VENV)/bin
 MODEL ?= models/ponder-tiny
 HOST ?= 0.0.0.0
 PORT ?= 8000
-# The contrastive adapters of the critical_tokens strategy, when present.
-LORAS := $(foreach k,pos neg,$(if $(wildcard $(MODEL)-$(k)/adapter_config.json),--lora $(notdir $(MODEL))-$(k)=$(MODEL)-$(k)))
+# The contrastive models of the critical_tokens strategy (<model>-pos, <model>-neg), when present.
+CONTRAST := $(foreach k,pos neg,$(if $(wildcard $(MODEL)-$(k)/config.json),--model $(MODEL)-$(k)))
 SERVE_ARGS ?=
 PYTEST_ARGS ?=
 
@@ -28,7 +28,7 @@ $(BIN)/ponder: pyproject.toml
 setup: $(BIN)/ponder
 
 serve: setup
-	$(BIN)/ponder serve --model $(MODEL) $(LORAS) --host $(HOST) --port $(PORT) $(SERVE_ARGS)
+	$(BIN)/ponder serve --model $(MODEL) $(CONTRAST) --host $(HOST) --port $(PORT) $(SERVE_ARGS)
 
 test: setup
 	$(BIN)/python -m pytest tests $(PYTEST_ARGS)

@@ -18,10 +18,17 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = str(ROOT / "models" / "ponder-tiny")
 
 
+def default_models() -> list[str]:
+    """ponder-tiny, with the contrastive models critical_tokens scores with when they are there."""
+    contrast = [f"{DEFAULT_MODEL}-{k}" for k in ("pos", "neg")]
+    return [DEFAULT_MODEL, *(m for m in contrast if Path(m, "config.json").exists())]
+
+
 @dataclass
 class ServeConfig:
-    model: list[str] = field(default_factory=lambda: [DEFAULT_MODEL], metadata={
-        "help": "model folder (or upstream model name with --upstream); repeat to serve several"})
+    model: list[str] = field(default_factory=default_models, metadata={
+        "help": "model folder (or upstream model name with --upstream); repeat to serve several "
+                "(default: models/ponder-tiny and its -pos/-neg contrastive models)"})
     served_model_name: list[str] = field(default_factory=list, metadata={
         "help": "ids to serve the models under (default: folder names), one per --model"})
     lora: list[str] = field(default_factory=list, metadata={
