@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from server.engine.base import SamplingSpec  # noqa: E402
-from strategies.base import Candidate, Context, Query  # noqa: E402
+from strategies.base import Context, Query  # noqa: E402
 from strategies.critical_tokens import (  # noqa: E402
     contrastive_scores,
     critical_position,
@@ -37,10 +37,11 @@ async def check(args) -> dict:
     from server.engine.vllm_engine import VllmConfig, VllmEngine
 
     model = Path(args.model)
-    loras = tuple((f"{model.name}-{k}", f"{model}-{k}") for k in ("pos", "neg"))
-    engine = VllmEngine(VllmConfig(model=str(model), loras=loras))
-    name = engine.models()[0].id
-    ctx = Context(lambda m: (engine, None if m == name else m), "ctcheck")
+    paths = (model, Path(f"{model}-pos"), Path(f"{model}-neg"))
+    engines = {p.name: VllmEngine(VllmConfig(model=str(p))) for p in paths}
+    name = model.name
+    engine = engines[name]
+    ctx = Context(lambda m: (engines[m], None), "ctcheck")
     tok = engine.tokenizer
     rows = []
     try:
@@ -56,14 +57,14 @@ async def check(args) -> dict:
                                             ctx.score(f"{name}-neg", ids, cand.token_ids, 20))
             s = contrastive_scores(pos, neg, beta=1.0)
             t_contrast = critical_position(s, 1.0)
-            success = await rollout_success(ctx, query, cand, lambda text: arith.is_correct(text, p.answer),
+            success = await rollout_success(ctx, query, cand, lambda text, p=p: arith.is_correct(text, p.answer),
                                             samples=args.samples)
             t_rollout = rollout_critical(success)
             fixed = await ctx.generate(name, ids + cand.token_ids[:t_contrast],
                                        query.spec.replace(masked=((0, cand.token_ids[t_contrast]),)))
             head = tok.decode(list(cand.token_ids[:t_contrast]), skip_special_tokens=True)
 
-            def line(t: int | None) -> int | None:
+            def line(t: int | None, cand=cand) -> int | None:
                 return None if t is None else tok.decode(list(cand.token_ids[:t])).count("\n")
 
             rows.append({"problem": i, "contrastive": t_contrast, "rollout": t_rollout,
@@ -72,7 +73,8 @@ async def check(args) -> dict:
                          "token": tok.decode([cand.token_ids[t_contrast]]), "text": cand.text})
             print(json.dumps({k: v for k, v in rows[-1].items() if k != "text"}), flush=True)
     finally:
-        await engine.aclose()
+        for e in engines.values():
+            await e.aclose()
     with_rollout = [r for r in rows if r["rollout"] is not None]
     return {
         "trajectories": len(rows), "with_rollout_critical": len(with_rollout),

@@ -46,7 +46,6 @@ async def bench(args) -> None:
 
     engine = VllmEngine(VllmConfig(model=args.model))
     name = engine.models()[0].id
-    tok = engine.tokenizer
     strategy, params = strategies.resolve({"name": "tournament", "n": args.n, "k": args.k,
                                            "judge_same_answer": True})
     ctx = Context(lambda m: (engine, None), "bench")

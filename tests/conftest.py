@@ -15,8 +15,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = ROOT / "models" / "ponder-tiny"
-LORAS = [f"ponder-tiny-{k}={ROOT / 'models' / f'ponder-tiny-{k}'}" for k in ("pos", "neg")
-         if (ROOT / "models" / f"ponder-tiny-{k}" / "adapter_config.json").exists()]
+# The contrastive models that critical_tokens scores with (trainers/cdpo.py).
+CONTRAST = [ROOT / "models" / f"ponder-tiny-{k}" for k in ("pos", "neg")]
 
 
 def free_port() -> int:
@@ -28,11 +28,11 @@ def free_port() -> int:
 class PonderServer:
     """`ponder serve` in a subprocess, like vLLM's RemoteOpenAIServer."""
 
-    def __init__(self, *args: str, api_key: str | None = None, timeout: float = 240):
+    def __init__(self, *args: str, api_key: str | None = None, contrast: bool = True, timeout: float = 300):
         self.port = free_port()
         self.api_key = api_key
         cmd = [sys.executable, "-m", "server.cli", "serve", "--model", str(MODEL), "--host", "127.0.0.1",
-               "--port", str(self.port), *[a for lora in LORAS for a in ("--lora", lora)], *args]
+               "--port", str(self.port), *[a for m in CONTRAST if contrast for a in ("--model", str(m))], *args]
         if api_key:
             cmd += ["--api-key", api_key]
         self.log = tempfile.NamedTemporaryFile("w+", prefix="ponder-serve-", suffix=".log", delete=False)
@@ -82,5 +82,5 @@ class PonderServer:
 
 @pytest.fixture(scope="session")
 def model_path() -> Path:
-    assert (MODEL / "config.json").exists(), "models/ponder-tiny is missing"
+    assert all((m / "config.json").exists() for m in (MODEL, *CONTRAST)), "a committed model is missing"
     return MODEL

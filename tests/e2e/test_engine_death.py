@@ -16,7 +16,7 @@ MSG = [{"role": "user", "content": "Tom has 23 apples. He buys 45 more. How many
 
 @pytest.fixture(scope="module")
 def fragile():
-    s = PonderServer("--max-concurrent-requests", "1")
+    s = PonderServer("--max-concurrent-requests", "1", contrast=False)
     yield s
     s.stop()
 

@@ -1,6 +1,6 @@
 import pytest
 
-from tests.conftest import LORAS, MODEL
+from tests.conftest import MODEL
 
 
 @pytest.fixture(scope="session")
@@ -8,8 +8,7 @@ async def engine():
     """One real vLLM engine (CPU build) on the committed model, for the whole session."""
     from server.engine.vllm_engine import VllmConfig, VllmEngine
 
-    eng = VllmEngine(VllmConfig(model=str(MODEL), loras=tuple(tuple(s.split("=", 1)) for s in LORAS),
-                                max_logprobs=64))
+    eng = VllmEngine(VllmConfig(model=str(MODEL), max_logprobs=64))
     yield eng
     await eng.aclose()
 

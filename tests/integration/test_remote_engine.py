@@ -14,7 +14,7 @@ from server.engine.base import SamplingSpec, collect
 from server.engine.remote import RemoteEngine
 from strategies.base import Context, Query
 from tasks import arith
-from tests.conftest import LORAS, MODEL, ROOT, free_port
+from tests.conftest import MODEL, ROOT, free_port
 
 Q = arith.dataset("test", 1)[0].question()
 GREEDY = SamplingSpec(max_tokens=64, temperature=0.0)
@@ -27,8 +27,6 @@ def upstream():
            "--served-model-name", "ponder-tiny", "--host", "127.0.0.1", "--port", str(port), "--enforce-eager",
            "--no-enable-chunked-prefill", "--max-num-batched-tokens", "4096", "--gpu-memory-utilization", "0.3",
            "--max-logprobs", "64", "--logits-processors", "server.engine.logits:MaskTokensAtPositions"]
-    if LORAS:
-        cmd += ["--enable-lora", "--max-lora-rank", "8", "--lora-modules", *LORAS]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "VLLM_CPU_KVCACHE_SPACE": "1"}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
@@ -48,8 +46,7 @@ def upstream():
 @pytest.fixture
 async def remote(upstream):
     # The same upstream twice: two "replicas" to spread calls over.
-    eng = RemoteEngine([upstream, upstream + "/"], "ponder-tiny", str(MODEL),
-                       adapters=[s.split("=")[0] for s in LORAS])
+    eng = RemoteEngine([upstream, upstream + "/"], "ponder-tiny", str(MODEL))
     yield eng
     await eng.aclose()
 

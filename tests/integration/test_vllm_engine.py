@@ -6,7 +6,6 @@ import pytest
 
 from server.engine.base import SamplingSpec, collect
 from tasks import arith
-from tests.conftest import LORAS
 
 Q = arith.dataset("test", 1)[0].question()
 GREEDY = SamplingSpec(max_tokens=64, temperature=0.0)
@@ -64,9 +63,17 @@ async def test_masked_token_never_appears_there_and_nothing_else_moves(engine, r
 
 
 async def test_abort_frees_the_engine(engine, render):
-    spec = SamplingSpec(max_tokens=900, temperature=1.0, seed=1)
-    task = asyncio.ensure_future(gen(engine, render(Q), spec, "long"))
-    await asyncio.sleep(0.3)
+    eos = engine.tokenizer.eos_token_id
+    spec = SamplingSpec(max_tokens=900, temperature=1.0, seed=1, logit_bias=((eos, -100.0),))  # never stops early
+    started = asyncio.Event()
+
+    async def consume():
+        async for _ in engine.generate(render(Q), spec, "long"):
+            started.set()
+
+    task = asyncio.ensure_future(consume())
+    await asyncio.wait_for(started.wait(), 60)
+    assert engine.num_unfinished() == 1
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -75,17 +82,6 @@ async def test_abort_frees_the_engine(engine, render):
             break
         await asyncio.sleep(0.1)
     assert engine.num_unfinished() == 0
-
-
-@pytest.mark.skipif(len(LORAS) < 2, reason="contrastive adapters not trained yet")
-async def test_lora_adapters_are_served_and_differ(engine, render):
-    ids = render(Q)
-    out = await gen(engine, ids, GREEDY, "for-lora")
-    base, pos, neg = await asyncio.gather(*(engine.score(ids, out.token_ids, f"lora-{m}", model=m)
-                                            for m in (None, "ponder-tiny-pos", "ponder-tiny-neg")))
-    lp = [[t.logprob for t in x] for x in (base, pos, neg)]
-    assert lp[0] != lp[1] and lp[1] != lp[2]
-    assert {c.id for c in engine.models()} == {"ponder-tiny", "ponder-tiny-pos", "ponder-tiny-neg"}
 
 
 async def test_committed_model_answers_in_format(engine, render):

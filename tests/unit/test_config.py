@@ -5,7 +5,7 @@ from server.config import DEFAULT_MODEL, parse_args
 
 def test_defaults_and_flags():
     cfg = parse_args([])
-    assert cfg.model == [DEFAULT_MODEL] and cfg.port == 8000 and cfg.enforce_eager
+    assert cfg.model[0] == DEFAULT_MODEL and cfg.port == 8000 and cfg.enforce_eager
     cfg = parse_args(["--model", "a", "--model", "b", "--no-enforce-eager", "--max-n", "4", "--api-key", "k"])
     assert cfg.model == ["a", "b"] and not cfg.enforce_eager and cfg.max_n == 4
     assert cfg.public()["api_key"] == "***"

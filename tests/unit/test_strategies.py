@@ -117,7 +117,7 @@ def scripted(tok):
             first = prompt.split("Solution 1:\n")[1].split("Solution 2:")[0]
             return "Winner: Solution 1" if "Answer: 7" in first else "Winner: Solution 2"
         if "inverse question" in prompt:
-            answer = prompt.rsplit("The correct answer is ", 1)[1].rstrip(".<|end|>\n<|assistant|>\n")
+            answer = prompt.rsplit("The correct answer is ", 1)[1].split(".")[0]
             return f"Tom has x apples. He buys 4 more. In the end Tom has {answer} apples. What is x?"
         if "backward question" in prompt:
             return "Answer: 3" if "has 7 apples" in prompt else "Answer: 9"
