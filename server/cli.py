@@ -94,8 +94,7 @@ async def serve(cfg: ServeConfig) -> int:
         log.info("serving %s on http://%s:%d", names, cfg.host, cfg.port)
         await server.serve()
     finally:
-        for e in engines:
-            await e.aclose()
+        await asyncio.gather(*(e.aclose() for e in engines))  # side by side: SIGTERM must stop us in seconds
     return exit_code
 
 

@@ -11,6 +11,7 @@ at least max_model_len, no prompt is ever split. See tests/e2e for the load.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -213,4 +214,4 @@ class VllmEngine:
         return self.llm.get_num_unfinished_requests()
 
     async def aclose(self) -> None:
-        self.llm.shutdown()
+        await asyncio.to_thread(self.llm.shutdown)  # blocks for seconds while the engine core exits
