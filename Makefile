@@ -31,7 +31,7 @@ serve: setup
 	$(BIN)/ponder serve --model $(MODEL) $(CONTRAST) --host $(HOST) --port $(PORT) $(SERVE_ARGS)
 
 test: setup
-	$(BIN)/python -m pytest tests $(PYTEST_ARGS)
+	$(BIN)/python -m pytest tests/unit tests/integration tests/e2e $(PYTEST_ARGS)
 	@if command -v podman >/dev/null 2>&1; then $(MAKE) container-test; \
 	else echo "podman not found: skipping the container test (.ci/run installs it)"; fi
 
