@@ -22,6 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from server.config import DEFAULT_MODEL  # noqa: E402
 from server.engine.base import SamplingSpec  # noqa: E402
 from strategies.base import Context, Query  # noqa: E402
 from strategies.critical_tokens import (  # noqa: E402
@@ -86,7 +87,7 @@ async def check(args) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default=str(ROOT / "models" / "ponder-tiny"))
+    ap.add_argument("--model", default=DEFAULT_MODEL)
     ap.add_argument("--trajectories", type=int, default=40)
     ap.add_argument("--samples", type=int, default=16)
     summary = asyncio.run(check(ap.parse_args()))

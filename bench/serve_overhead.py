@@ -27,6 +27,7 @@ from openai import AsyncOpenAI
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from server.config import DEFAULT_MODEL  # noqa: E402
 from tasks import arith  # noqa: E402
 from tests.conftest import free_port  # noqa: E402
 
@@ -87,7 +88,7 @@ async def measure(base_url: str, model: str, prompts: list[str], rounds: int, ma
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default=str(ROOT / "models" / "ponder-tiny"))
+    ap.add_argument("--model", default=DEFAULT_MODEL)
     ap.add_argument("--concurrency", type=int, default=64)
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=4)

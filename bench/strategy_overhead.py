@@ -24,6 +24,7 @@ sys.path.insert(0, str(ROOT))
 from prometheus_client import REGISTRY  # noqa: E402
 
 import strategies  # noqa: E402
+from server.config import DEFAULT_MODEL  # noqa: E402
 from server.engine.base import SamplingSpec, collect  # noqa: E402
 from strategies.base import Context, Query, seeded  # noqa: E402
 from tasks import arith  # noqa: E402
@@ -94,7 +95,7 @@ async def bench(args) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default=str(ROOT / "models" / "ponder-tiny"))
+    ap.add_argument("--model", default=DEFAULT_MODEL)
     ap.add_argument("--n", type=int, default=16)
     ap.add_argument("--k", type=int, default=2)
     ap.add_argument("--problems", type=int, default=8)

@@ -11,12 +11,11 @@ import time
 from pathlib import Path
 
 import httpx
-import pytest
+
+from server.config import DEFAULT_MODEL, default_models
 
 ROOT = Path(__file__).resolve().parents[1]
-MODEL = ROOT / "models" / "ponder-tiny"
-# The contrastive models that critical_tokens scores with (trainers/cdpo.py).
-CONTRAST = [ROOT / "models" / f"ponder-tiny-{k}" for k in ("pos", "neg")]
+MODEL = Path(DEFAULT_MODEL)
 
 
 def free_port() -> int:
@@ -31,8 +30,9 @@ class PonderServer:
     def __init__(self, *args: str, api_key: str | None = None, contrast: bool = True, timeout: float = 300):
         self.port = free_port()
         self.api_key = api_key
-        cmd = [sys.executable, "-m", "server.cli", "serve", "--model", str(MODEL), "--host", "127.0.0.1",
-               "--port", str(self.port), *[a for m in CONTRAST if contrast for a in ("--model", str(m))], *args]
+        models = default_models() if contrast else [DEFAULT_MODEL]  # contrast: ponder-tiny-pos/-neg too
+        cmd = [sys.executable, "-m", "server.cli", "serve", *[a for m in models for a in ("--model", m)],
+               "--host", "127.0.0.1", "--port", str(self.port), *args]
         if api_key:
             cmd += ["--api-key", api_key]
         self.log = tempfile.NamedTemporaryFile("w+", prefix="ponder-serve-", suffix=".log", delete=False)
@@ -79,8 +79,3 @@ class PonderServer:
         self.log.close()
         return self.proc.returncode
 
-
-@pytest.fixture(scope="session")
-def model_path() -> Path:
-    assert all((m / "config.json").exists() for m in (MODEL, *CONTRAST)), "a committed model is missing"
-    return MODEL

@@ -104,9 +104,9 @@ def finetune(cfg: ContrastConfig, trajectories: list[dict], out: Path) -> dict:
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=0.0)
     rng = random.Random(cfg.seed)
     losses = []
-    steps = [(e, i) for e in range(cfg.epochs) for i in range(0, len(rows), cfg.batch_size)]
+    steps = [i for _ in range(cfg.epochs) for i in range(0, len(rows), cfg.batch_size)]
     model.train()
-    for _, i in tqdm(steps, desc=f"lora {out.name}"):
+    for i in tqdm(steps, desc=f"lora {out.name}"):
         if i == 0:
             rng.shuffle(rows)
         opt.zero_grad(set_to_none=True)
