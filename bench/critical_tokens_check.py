@@ -16,26 +16,22 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from server.config import DEFAULT_MODEL  # noqa: E402
-from server.engine.base import SamplingSpec  # noqa: E402
-from strategies.base import Context, Query  # noqa: E402
-from strategies.critical_tokens import (  # noqa: E402
+from ponder.server.config import DEFAULT_MODEL
+from ponder.strategies.base import Context, Query
+from ponder.strategies.critical_tokens import (
     contrastive_scores,
     critical_position,
     rollout_critical,
     rollout_success,
 )
-from tasks import arith  # noqa: E402
+from ponder.strategies.engine import SamplingSpec
+from ponder.tasks import arith
 
 
 async def check(args) -> dict:
-    from server.engine.vllm_engine import VllmConfig, VllmEngine
+    from ponder.server.engine.vllm_engine import VllmConfig, VllmEngine
 
     model = Path(args.model)
     paths = (model, Path(f"{model}-pos"), Path(f"{model}-neg"))

@@ -16,17 +16,14 @@ import argparse
 import json
 import multiprocessing as mp
 import random
-import sys
 import time
 from collections import Counter
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from tasks import arith  # noqa: E402
-from trainers.pretrain import PretrainConfig, train  # noqa: E402
+from ponder.tasks import arith
+from ponder.trainers.pretrain import PretrainConfig, train
 
 
 @torch.no_grad()

@@ -24,12 +24,11 @@ from pathlib import Path
 import httpx
 from openai import AsyncOpenAI
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from ponder.server.config import DEFAULT_MODEL
+from ponder.tasks import arith
+from tests.conftest import free_port
 
-from server.config import DEFAULT_MODEL  # noqa: E402
-from tasks import arith  # noqa: E402
-from tests.conftest import free_port  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def commands(model: str, port: int) -> dict[str, list[str]]:
@@ -37,8 +36,8 @@ def commands(model: str, port: int) -> dict[str, list[str]]:
             "--served-model-name", Path(model).name, "--host", "127.0.0.1", "--port", str(port),
             "--enforce-eager", "--no-enable-chunked-prefill", "--max-num-batched-tokens", "4096",
             "--gpu-memory-utilization", "0.3", "--enable-prefix-caching", "--max-logprobs", "20", "--seed", "0",
-            "--logits-processors", "server.engine.logits:MaskTokensAtPositions"]
-    ponder = [sys.executable, "-m", "server.cli", "serve", "--model", model, "--host", "127.0.0.1",
+            "--logits-processors", "ponder.server.engine.logits:MaskTokensAtPositions"]
+    ponder = [sys.executable, "-m", "ponder", "serve", "--model", model, "--host", "127.0.0.1",
               "--port", str(port), "--log-level", "warning"]
     return {"vLLM": vllm, "ponder": ponder}
 

@@ -14,20 +14,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from prometheus_client import REGISTRY
 
-from prometheus_client import REGISTRY  # noqa: E402
-
-import strategies  # noqa: E402
-from server.config import DEFAULT_MODEL  # noqa: E402
-from server.engine.base import SamplingSpec, collect  # noqa: E402
-from strategies.base import Context, Query, seeded  # noqa: E402
-from tasks import arith  # noqa: E402
+from ponder import strategies
+from ponder.server.config import DEFAULT_MODEL
+from ponder.strategies.base import Context, Query, seeded
+from ponder.strategies.engine import SamplingSpec, collect
+from ponder.tasks import arith
 
 
 def cache_counters() -> tuple[float, float]:
@@ -43,7 +38,7 @@ def cache_counters() -> tuple[float, float]:
 
 
 async def bench(args) -> None:
-    from server.engine.vllm_engine import VllmConfig, VllmEngine
+    from ponder.server.engine.vllm_engine import VllmConfig, VllmEngine
 
     engine = VllmEngine(VllmConfig(model=args.model))
     name = engine.models()[0].id

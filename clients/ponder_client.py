@@ -4,7 +4,7 @@ Plain OpenAI calls are best made with the official `openai` SDK; this client is
 for what the SDK does not type: listing strategies with their parameter
 schemas, choosing a strategy with parameters, and reading the trace.
 
-    from clients import PonderClient
+    from ponder.clients import PonderClient
     with PonderClient("http://localhost:8000/v1") as c:
         r = c.chat("Tom has 3 apples. He buys 4 more. How many?", strategy={"name": "tournament", "n": 8},
                    return_trace=True)

@@ -21,10 +21,10 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import TypeAdapter
 
-import strategies
-from server import errors, metrics
-from server.errors import APIError
-from server.protocol import (
+from ponder import strategies
+from ponder.server import errors, metrics
+from ponder.server.errors import APIError
+from ponder.server.protocol import (
     ChatCompletionRequest,
     ChatCompletionResponse,
     CompletionRequest,
@@ -34,7 +34,7 @@ from server.protocol import (
     StrategyList,
     StrategyObject,
 )
-from server.serving import OpenAIServing
+from ponder.server.serving import OpenAIServing
 
 log = logging.getLogger("ponder.app")
 ERRORS = {400: {"model": ErrorResponse}, 401: {"model": ErrorResponse}, 404: {"model": ErrorResponse},

@@ -10,7 +10,7 @@ import signal
 import sys
 from pathlib import Path
 
-from server.config import ServeConfig, parse_args
+from ponder.server.config import ServeConfig, parse_args
 
 log = logging.getLogger("ponder")
 USAGE = """usage: ponder <command> [options]
@@ -43,12 +43,12 @@ def _server_class():
 
 def build_engines(cfg: ServeConfig) -> list:
     if cfg.upstream:
-        from server.engine.remote import RemoteEngine
+        from ponder.server.engine.remote import RemoteEngine
 
         return [RemoteEngine(cfg.upstream, cfg.model[0], cfg.tokenizer or cfg.model[0],
                              adapters=[s.split("=", 1)[0] for s in cfg.lora], api_key=cfg.upstream_api_key,
                              max_model_len=cfg.max_model_len or 4096)]
-    from server.engine.vllm_engine import VllmConfig, VllmEngine
+    from ponder.server.engine.vllm_engine import VllmConfig, VllmEngine
 
     engines = []
     for i, path in enumerate(cfg.model):
@@ -65,8 +65,8 @@ def build_engines(cfg: ServeConfig) -> list:
 async def serve(cfg: ServeConfig) -> int:
     import uvicorn
 
-    from server.app import create_app
-    from server.serving import Limits, OpenAIServing, validate_strategy
+    from ponder.server.app import create_app
+    from ponder.server.serving import Limits, OpenAIServing, validate_strategy
 
     try:  # fail before the engine's slow start, not on the first request
         default = json.loads(cfg.default_strategy) if cfg.default_strategy.startswith("{") else cfg.default_strategy
@@ -110,11 +110,11 @@ def main(argv: list[str] | None = None) -> None:
         print("ponder serve config: " + json.dumps(cfg.public()), flush=True)
         sys.exit(asyncio.run(serve(cfg)))
     elif command == "eval":
-        from tasks.eval import main as eval_main
+        from ponder.tasks.eval import main as eval_main
 
         eval_main(rest)
     elif command == "train":
-        from trainers import main as train_main
+        from ponder.trainers import main as train_main
 
         train_main(rest)
     else:

@@ -11,11 +11,14 @@ import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_MODEL = str(ROOT / "models" / "ponder-tiny")
+# The built-in models are package data of ponder.models: the checkout's models/
+# in an editable install, site-packages/ponder/models from a wheel.
+MODELS = Path(str(resources.files("ponder.models")))
+DEFAULT_MODEL = str(MODELS / "ponder-tiny")
 
 
 def default_models() -> list[str]:

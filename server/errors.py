@@ -15,7 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from server.engine.base import EngineBusyError, EngineDeadError, EngineError, EngineRequestError
+from ponder.strategies.engine import EngineBusyError, EngineDeadError, EngineError, EngineRequestError
 
 log = logging.getLogger("ponder.errors")
 

@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from server.engine.base import SamplingSpec
+from ponder.strategies.engine import SamplingSpec
 
 
 class StrictModel(BaseModel):

@@ -16,13 +16,13 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-import strategies
-from server import metrics
-from server.engine.base import Engine, EngineDeadError, TokenLogprob
-from server.errors import APIError, bad_request, from_exception
-from server.protocol import ChatCompletionRequest, CompletionRequest, ModelList, ModelObject
-from server.streaming import stream_direct, stream_strategy
-from strategies.base import Context, Query, Result, seeded
+from ponder import strategies
+from ponder.server import metrics
+from ponder.server.errors import APIError, bad_request, from_exception
+from ponder.server.protocol import ChatCompletionRequest, CompletionRequest, ModelList, ModelObject
+from ponder.server.streaming import stream_direct, stream_strategy
+from ponder.strategies.base import Context, Query, Result, seeded
+from ponder.strategies.engine import Engine, EngineDeadError, TokenLogprob
 
 CHOICE_SEED_STRIDE = 100_003  # choice j of a seeded request uses seed + j * stride
 

@@ -16,13 +16,13 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
-from server import metrics
-from server.engine.base import TokenLogprob
-from server.errors import from_exception
-from strategies.base import Context, Result
+from ponder.server import metrics
+from ponder.server.errors import from_exception
+from ponder.strategies.base import Context, Result
+from ponder.strategies.engine import TokenLogprob
 
 if TYPE_CHECKING:
-    from server.serving import OpenAIServing, Prepared
+    from ponder.server.serving import OpenAIServing, Prepared
 
 HEARTBEAT_S = 2.0
 Done = Callable[[str, "Context | None"], None]
@@ -34,7 +34,7 @@ def sse(data: Any) -> str:
 
 def chunk(p: Prepared, index: int, text: str | None, logprobs: tuple[TokenLogprob, ...] | None,
           finish: str | None, tok: Any, *, first: bool = False, offset: int = 0) -> dict[str, Any]:
-    from server.serving import chat_logprobs, completion_logprobs
+    from ponder.server.serving import chat_logprobs, completion_logprobs
 
     if p.kind == "chat":
         delta: dict[str, Any] = {"role": "assistant", "content": text or ""} if first else (
@@ -135,7 +135,7 @@ def stream_strategy(serving: OpenAIServing, p: Prepared, done: Done) -> AsyncIte
     tok = serving.route(p.model)[0].tokenizer
 
     async def body() -> AsyncIterator[str]:
-        from server.serving import ponder_field, usage
+        from ponder.server.serving import ponder_field, usage
 
         yield f": ponder {json.dumps({'strategy': p.strategy.name, 'stage': 'start'})}\n\n"
         while not task.done():

@@ -11,8 +11,8 @@ import dataclasses
 from collections.abc import Awaitable, Callable
 from typing import Any, NamedTuple
 
-from strategies import critical_tokens, direct, reverse_verify, self_consistency, tournament
-from strategies.base import Context, Query, Result
+from ponder.strategies import critical_tokens, direct, reverse_verify, self_consistency, tournament
+from ponder.strategies.base import Context, Query, Result
 
 
 class Strategy(NamedTuple):

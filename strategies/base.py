@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from server.engine.base import Engine, SamplingSpec, TokenLogprob, collect
+from ponder.strategies.engine import Engine, SamplingSpec, TokenLogprob, collect
 
 Router = Callable[[str], tuple[Engine, str | None]]  # model id -> (engine, adapter or None)
 
@@ -108,7 +108,7 @@ class Context:
             cands = await asyncio.gather(*(self.generate(query.model, query.prompt_ids, seeded(query.spec, i))
                                            for i in range(n)))
             return list(cands), []
-        from strategies import resolve
+        from ponder.strategies import resolve
 
         strategy, params = resolve(sampler)
         results = await asyncio.gather(*(

@@ -28,9 +28,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from server.engine.base import TokenLogprob
-from strategies.answers import ANSWER_PATTERN, extract_answer, vote
-from strategies.base import Candidate, Context, Query, Result, seeded
+from ponder.strategies.answers import ANSWER_PATTERN, extract_answer, vote
+from ponder.strategies.base import Candidate, Context, Query, Result, seeded
+from ponder.strategies.engine import TokenLogprob
 
 
 @dataclass(frozen=True)

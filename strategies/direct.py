@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from strategies.base import Context, Query, Result
+from ponder.strategies.base import Context, Query, Result
 
 
 @dataclass(frozen=True)

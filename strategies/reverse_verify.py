@@ -22,8 +22,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from strategies.answers import ANSWER_PATTERN, extract_answer, normalize, vote
-from strategies.base import Context, Query, Result, seeded
+from ponder.strategies.answers import ANSWER_PATTERN, extract_answer, normalize, vote
+from ponder.strategies.base import Context, Query, Result, seeded
 
 BACKWARD_QUESTION_PROMPT = ("Generate the inverse question based on the following seed question and its answer: "
                             "{question} The correct answer is {answer}.")

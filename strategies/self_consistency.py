@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from strategies.answers import ANSWER_PATTERN, extract_answer, vote
-from strategies.base import Context, Query, Result
+from ponder.strategies.answers import ANSWER_PATTERN, extract_answer, vote
+from ponder.strategies.base import Context, Query, Result
 
 
 @dataclass(frozen=True)

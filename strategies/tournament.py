@@ -23,8 +23,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from strategies.answers import ANSWER_PATTERN, extract_answer
-from strategies.base import Candidate, Context, Query, Result, seeded
+from ponder.strategies.answers import ANSWER_PATTERN, extract_answer
+from ponder.strategies.base import Candidate, Context, Query, Result, seeded
 
 JUDGE_PROMPT = ("Compare two solutions to the question: {question}\n"
                 "Solution 1:\n{solution_1}\nSolution 2:\n{solution_2}\nWhich solution is correct?")

@@ -34,7 +34,7 @@ FORMATS = ("forward", "backward_question", "backward", "judge")
 ANSWER_RE = re.compile(r"Answer:\s*(-?\d+)")
 WINNER_RE = re.compile(r"Winner:\s*(Solution 1|Solution 2|Tie)")
 NUMBER_RE = re.compile(r"\d+")
-EQUATION_RE = re.compile(r"^(\d+) ([-+*/]) (\d+) = (\d+)$", re.MULTILINE)
+EQUATION_RE = re.compile(r"(\d+) ([-+*/]) (\d+) = (\d+)")
 
 
 @dataclass(frozen=True)
@@ -299,34 +299,51 @@ def backward_prompt(backward_question: str) -> str:
     return f"Answer the backward question: {backward_question}"
 
 
+# Line labels of the judge prompt: one letter per line, a different alphabet per
+# solution, so the judge's "B: ..." check finds the line it copies by its label
+# (a one-token match that attention learns early) and never takes it from the
+# other solution, whose lines often read the same up to the slip.
+LABELS = ("ABCDEFGH", "PQRSTUVW")
+
+
+def label_lines(solution: str, k: int) -> str:
+    """Solution k's lines with their labels ("A: ..."); lines past the eighth stay bare."""
+    labels = LABELS[k - 1]
+    lines = solution.strip().splitlines()
+    return "\n".join(f"{labels[i]}: {line}" if i < len(labels) else line for i, line in enumerate(lines))
+
+
 def judge_prompt(question: str, solution_1: str, solution_2: str) -> str:
     return (f"Compare two solutions to the question: {question}\n"
-            f"Solution 1:\n{solution_1}\nSolution 2:\n{solution_2}\nWhich solution is correct?")
+            f"Solution 1:\n{label_lines(solution_1, 1)}\nSolution 2:\n{label_lines(solution_2, 2)}\n"
+            "Which solution is correct?")
 
 
 def judge_verdict(solution_1: str, solution_2: str) -> str:
     """The judge's target: every equation of both solutions redone, then compared.
 
-    Each equation line "a op b = c" of solution k becomes "k: a op b = r, says c, ok"
-    (or "wrong" when the redone result r differs from c); checking a solution
-    stops at its first wrong line (the rest follows from it). The order matters
-    for a small model: "a op b = " is where it has learned to compute (a copied
-    "= c" first invites copying c again as r, seen in training), and writing c
-    out puts both numbers side by side, so the verdict is a local comparison.
-    Redoing one equation from copied inputs does not compound errors the way
-    solving does. The winner is the solution with
-    no wrong line; otherwise "Tie". It checks arithmetic, not whether the
-    operands were read correctly from the question.
+    Equation line "a op b = c" labelled L becomes "L: a op b = r, says c, ok" (or
+    "wrong" when the redone result r differs from c); checking a solution stops
+    at its first wrong line (the rest follows from it). The label says which
+    prompt line is copied; "a op b = " is where the model has learned to compute;
+    writing c out puts both numbers side by side, so the verdict is a local
+    comparison. Redoing one equation from copied inputs does not compound errors
+    the way solving does. The winner is the solution with no wrong line;
+    otherwise "Tie". It checks arithmetic, not whether the operands were read
+    correctly from the question.
     """
     lines, clean = [], []
     for k, solution in ((1, solution_1), (2, solution_2)):
         ok = True
-        for m in EQUATION_RE.finditer(solution):
+        for label, line in zip(LABELS[k - 1], solution.strip().splitlines()):
+            m = EQUATION_RE.fullmatch(line.strip())
+            if m is None:
+                continue
             a, op, b, c = int(m[1]), m[2], int(m[3]), int(m[4])
             exact = op != "/" or (b > 0 and a % b == 0)
             r = (a // b if b else 0) if op == "/" else apply(op, a, b)
             ok = exact and r == c
-            lines.append(f"{k}: {a} {op} {b} = {r}, says {c}, " + ("ok" if ok else "wrong"))
+            lines.append(f"{label}: {a} {op} {b} = {r}, says {c}, " + ("ok" if ok else "wrong"))
             if not ok:
                 break
         clean.append(ok)

@@ -24,7 +24,7 @@ from typing import Any
 
 from tqdm.asyncio import tqdm
 
-from tasks import arith
+from ponder.tasks import arith
 
 FORMATS = ("forward", "judge", "backward")
 
@@ -108,9 +108,9 @@ async def client_for(cfg: EvalConfig):
         async with AsyncOpenAI(base_url=cfg.base_url, api_key=cfg.api_key, max_retries=0, timeout=3600) as c:
             yield c
         return
-    from server.app import create_app
-    from server.engine.vllm_engine import VllmConfig, VllmEngine
-    from server.serving import Limits, OpenAIServing
+    from ponder.server.app import create_app
+    from ponder.server.engine.vllm_engine import VllmConfig, VllmEngine
+    from ponder.server.serving import Limits, OpenAIServing
 
     loras = tuple(tuple(s.split("=", 1)) for s in cfg.lora)
     engine = VllmEngine(VllmConfig(model=cfg.model, loras=loras))
@@ -214,7 +214,7 @@ def _common(ap: argparse.ArgumentParser) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     if argv and argv[0] == "sweep":
-        from tasks.sweep import main as sweep_main
+        from ponder.tasks.sweep import main as sweep_main
 
         return sweep_main(argv[1:])
     ap = argparse.ArgumentParser(prog="ponder eval", description=__doc__,

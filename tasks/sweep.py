@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tasks.eval import EvalConfig, _common, evaluate, parse_params, summary
+from ponder.tasks.eval import EvalConfig, _common, evaluate, parse_params, summary
 
 
 def plot(records: list[dict[str, Any]], out: Path) -> None:

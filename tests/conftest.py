@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 
-from server.config import DEFAULT_MODEL, default_models
+from ponder.server.config import DEFAULT_MODEL, default_models
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = Path(DEFAULT_MODEL)
@@ -31,7 +31,7 @@ class PonderServer:
         self.port = free_port()
         self.api_key = api_key
         models = default_models() if contrast else [DEFAULT_MODEL]  # contrast: ponder-tiny-pos/-neg too
-        cmd = [sys.executable, "-m", "server.cli", "serve", *[a for m in models for a in ("--model", m)],
+        cmd = [sys.executable, "-m", "ponder", "serve", *[a for m in models for a in ("--model", m)],
                "--host", "127.0.0.1", "--port", str(self.port), *args]
         if api_key:
             cmd += ["--api-key", api_key]

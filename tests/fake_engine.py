@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable, Sequence
 
-from server.engine.base import EngineDeadError, ModelCard, Output, SamplingSpec, TokenLogprob
+from ponder.strategies.engine import EngineDeadError, ModelCard, Output, SamplingSpec, TokenLogprob
 
 Reply = Callable[[str, SamplingSpec, "str | None"], str]
 

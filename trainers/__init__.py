@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-COMMANDS = {"pretrain": "trainers.pretrain", "cdpo-contrast": "trainers.cdpo"}
+COMMANDS = {"pretrain": "ponder.trainers.pretrain", "cdpo-contrast": "ponder.trainers.cdpo"}
 
 
 def main(argv: list[str] | None = None) -> None:

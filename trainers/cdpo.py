@@ -31,9 +31,9 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from tasks import arith
-from trainers.pretrain import batch_loss, collate, save_atomic
-from trainers.tokenizer import encode_example
+from ponder.tasks import arith
+from ponder.trainers.pretrain import batch_loss, collate, save_atomic
+from ponder.trainers.tokenizer import encode_example
 
 
 @dataclass
@@ -64,8 +64,8 @@ class ContrastConfig:
 
 async def sample(cfg: ContrastConfig) -> list[dict]:
     """Trajectories of the base model on training problems, each marked correct or not."""
-    from server.engine.base import SamplingSpec, collect
-    from server.engine.vllm_engine import VllmConfig, VllmEngine
+    from ponder.server.engine.vllm_engine import VllmConfig, VllmEngine
+    from ponder.strategies.engine import SamplingSpec, collect
 
     engine = VllmEngine(VllmConfig(model=cfg.base))
     tok = engine.tokenizer

@@ -24,8 +24,8 @@ import torch
 from tqdm import tqdm
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from tasks import arith
-from trainers.tokenizer import END, build_tokenizer, encode_example
+from ponder.tasks import arith
+from ponder.trainers.tokenizer import END, build_tokenizer, encode_example
 
 IGNORE = -100
 

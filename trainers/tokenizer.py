@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from tasks import arith
+from ponder.tasks import arith
 
 ROLES = ("system", "user", "assistant")
 END, PAD = "<|end|>", "<|pad|>"

@@ -6,7 +6,7 @@ Each call goes to the upstream with the fewest calls in flight (round-robin
 among equals). Prompts are sent as token ids (ponder tokenizes with the model's
 own tokenizer), and vLLM's extensions give back token ids (`return_token_ids`),
 prompt log-probabilities (`prompt_logprobs`) and masked positions (`vllm_xargs`,
-for upstreams started with `--logits-processors server.engine.logits:MaskTokensAtPositions`).
+for upstreams started with `--logits-processors ponder.server.engine.logits:MaskTokensAtPositions`).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 
-from server.engine.base import (
+from ponder.strategies.engine import (
     EngineBusyError,
     EngineDeadError,
     EngineError,

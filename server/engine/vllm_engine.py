@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from server.engine.base import (
+from ponder.strategies.engine import (
     EngineDeadError,
     EngineRequestError,
     ModelCard,
@@ -33,7 +33,7 @@ from server.engine.base import (
 
 log = logging.getLogger("ponder.engine")
 
-MASK_PROCESSOR = "server.engine.logits:MaskTokensAtPositions"
+MASK_PROCESSOR = "ponder.server.engine.logits:MaskTokensAtPositions"
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from clients import AsyncPonderClient, PonderClient, PonderError
+from ponder.clients import AsyncPonderClient, PonderClient, PonderError
 from tests.e2e.conftest import KEY
 
 Q = "Mia has 120 coins. She loses 35 coins. She ends up with 3 times as many coins. How many coins does Mia have now?"

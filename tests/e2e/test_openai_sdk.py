@@ -6,7 +6,7 @@ import httpx
 import openai
 import pytest
 
-from tasks import arith
+from ponder.tasks import arith
 from tests.e2e.conftest import KEY
 
 MODEL = "ponder-tiny"

@@ -9,11 +9,11 @@ import time
 import httpx
 import pytest
 
-import strategies
-from server.engine.base import SamplingSpec, collect
-from server.engine.remote import RemoteEngine
-from strategies.base import Context, Query
-from tasks import arith
+from ponder import strategies
+from ponder.server.engine.remote import RemoteEngine
+from ponder.strategies.base import Context, Query
+from ponder.strategies.engine import SamplingSpec, collect
+from ponder.tasks import arith
 from tests.conftest import MODEL, ROOT, free_port
 
 Q = arith.dataset("test", 1)[0].question()
@@ -26,7 +26,7 @@ def upstream():
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(MODEL),
            "--served-model-name", "ponder-tiny", "--host", "127.0.0.1", "--port", str(port), "--enforce-eager",
            "--no-enable-chunked-prefill", "--max-num-batched-tokens", "4096", "--gpu-memory-utilization", "0.3",
-           "--max-logprobs", "64", "--logits-processors", "server.engine.logits:MaskTokensAtPositions"]
+           "--max-logprobs", "64", "--logits-processors", "ponder.server.engine.logits:MaskTokensAtPositions"]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "VLLM_CPU_KVCACHE_SPACE": "1"}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)

@@ -4,8 +4,8 @@ import asyncio
 
 import pytest
 
-from server.engine.base import SamplingSpec, collect
-from tasks import arith
+from ponder.strategies.engine import SamplingSpec, collect
+from ponder.tasks import arith
 
 Q = arith.dataset("test", 1)[0].question()
 GREEDY = SamplingSpec(max_tokens=64, temperature=0.0)

@@ -1,6 +1,6 @@
 import pytest
 
-from trainers.tokenizer import build_tokenizer
+from ponder.trainers.tokenizer import build_tokenizer
 
 
 @pytest.fixture(scope="session")

@@ -3,8 +3,8 @@ import re
 
 import pytest
 
-from strategies.reverse_verify import masked_quantity
-from tasks import arith
+from ponder.strategies.reverse_verify import masked_quantity
+from ponder.tasks import arith
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +59,7 @@ def test_judge_pairs_have_exactly_one_correct_side(train):
         prompt, verdict = msgs[0]["content"], msgs[1]["content"]
         s1 = prompt.split("Solution 1:\n")[1].split("\nSolution 2:")[0]
         s2 = prompt.split("Solution 2:\n")[1].split("\nWhich solution")[0]
+        assert s1.splitlines()[0].startswith("A: ") and s2.splitlines()[0].startswith("P: ")
         right = [arith.is_correct(s, p.answer) for s in (s1, s2)]
         assert sum(right) == 1
         assert arith.extract_winner(verdict) == f"Solution {right.index(True) + 1}"
@@ -77,10 +78,15 @@ def test_wrong_solution_has_one_slip_then_stays_consistent(train):
 
 def test_judge_verdict_checks_each_equation():
     v = arith.judge_verdict("2 + 3 = 5\n5 * 2 = 10\nAnswer: 10", "2 + 3 = 6\n6 * 2 = 12\nAnswer: 12")
-    assert v.splitlines() == ["1: 2 + 3 = 5, says 5, ok", "1: 5 * 2 = 10, says 10, ok",
-                              "2: 2 + 3 = 5, says 6, wrong", "Winner: Solution 1"]
+    assert v.splitlines() == ["A: 2 + 3 = 5, says 5, ok", "B: 5 * 2 = 10, says 10, ok",
+                              "P: 2 + 3 = 5, says 6, wrong", "Winner: Solution 1"]
     assert arith.judge_verdict("7 / 2 = 3", "6 / 2 = 3").endswith("Winner: Solution 2")
     assert arith.judge_verdict("1 + 1 = 2", "1 + 1 = 2").endswith("Tie")
+
+
+def test_judge_prompt_labels_each_line_once():
+    prompt = arith.judge_prompt("Q?", "1 + 1 = 2\nAnswer: 2", "1 + 1 = 3\nAnswer: 3")
+    assert "Solution 1:\nA: 1 + 1 = 2\nB: Answer: 2\nSolution 2:\nP: 1 + 1 = 3\nQ: Answer: 3\n" in prompt
 
 
 def test_extraction():

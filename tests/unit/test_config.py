@@ -1,6 +1,6 @@
 import pytest
 
-from server.config import DEFAULT_MODEL, parse_args
+from ponder.server.config import DEFAULT_MODEL, parse_args
 
 
 def test_defaults_and_flags():

@@ -4,8 +4,8 @@ import json
 import httpx
 import pytest
 
-from server.app import create_app
-from server.serving import Limits, OpenAIServing
+from ponder.server.app import create_app
+from ponder.server.serving import Limits, OpenAIServing
 from tests.fake_engine import FakeEngine
 
 KEY = "sk-test"
@@ -180,7 +180,7 @@ class Disconnecting:
 
 
 async def test_disconnect_cancels_every_engine_call(tok):
-    from server.protocol import ChatCompletionRequest
+    from ponder.server.protocol import ChatCompletionRequest
 
     engine = FakeEngine(tok, reply, delay=5.0)
     serving = OpenAIServing([engine], Limits())

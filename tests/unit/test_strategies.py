@@ -3,13 +3,13 @@ import random
 
 import pytest
 
-import strategies
-from server.engine.base import SamplingSpec, TokenLogprob
-from strategies import critical_tokens as ct
-from strategies import reverse_verify as rv
-from strategies import tournament as tm
-from strategies.answers import extract_answer, vote
-from strategies.base import Context, Query
+from ponder import strategies
+from ponder.strategies import critical_tokens as ct
+from ponder.strategies import reverse_verify as rv
+from ponder.strategies import tournament as tm
+from ponder.strategies.answers import extract_answer, vote
+from ponder.strategies.base import Context, Query
+from ponder.strategies.engine import SamplingSpec, TokenLogprob
 from tests.fake_engine import FakeEngine
 
 

@@ -7,9 +7,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tasks import arith
-from trainers import pretrain
-from trainers.tokenizer import END, encode_example
+from ponder.tasks import arith
+from ponder.trainers import pretrain
+from ponder.trainers.tokenizer import END, encode_example
 
 
 def test_tokenizer_round_trips_and_masks_the_prompt(tok):
@@ -78,7 +78,7 @@ def test_resumed_batches_match_an_unbroken_run(tok):
 
 
 def test_cdpo_contrast_model_loss_falls_and_merged_weights_change(tmp_path):
-    from trainers import cdpo
+    from ponder.trainers import cdpo
 
     base = tmp_path / "base"
     pretrain.train(small(base, steps=20, ckpt_every=100))

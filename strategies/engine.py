@@ -1,8 +1,10 @@
 """The Engine protocol: the one seam between ponder and a model server.
 
-Everything above this package (HTTP, strategies) talks to an `Engine`; only
-`server/engine/vllm_engine.py` imports vLLM's engine. Data crossing the seam is
-plain frozen dataclasses.
+The strategies, the eval harness and the trainers talk to an `Engine`, and so
+does the HTTP server; the types live here, beside the strategies that use them,
+so none of those imports the server. `ponder.server.engine` implements them
+(`VllmEngine` is the one module that imports vLLM's engine; `RemoteEngine`).
+Data crossing the seam is plain frozen dataclasses.
 """
 
 from __future__ import annotations
