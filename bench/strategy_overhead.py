@@ -20,6 +20,7 @@ from prometheus_client import REGISTRY
 
 from ponder import strategies
 from ponder.server.config import DEFAULT_MODEL
+from ponder.strategies import tournament as tm
 from ponder.strategies.base import Context, Query, seeded
 from ponder.strategies.engine import SamplingSpec, collect
 from ponder.tasks import arith
@@ -66,8 +67,7 @@ async def bench(args) -> None:
                 calls = []
                 for g in rnd["games"]:
                     for order in ([g["a"], g["b"]], [g["b"], g["a"]]):
-                        text = params.judge_prompt.format(question=p.question(), solution_1=texts[order[0]],
-                                                          solution_2=texts[order[1]])
+                        text = tm.judge_prompt(params, p.question(), texts[order[0]], texts[order[1]])
                         calls.append(ctx.render(name, [{"role": "user", "content": text}]))
                 await asyncio.gather(*(collect(engine.generate(c, seeded(judge, 1_000 + j), f"cpj-{i}-{r}-{j}",
                                                                stream=False)) for j, c in enumerate(calls)))

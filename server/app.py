@@ -1,15 +1,16 @@
 """The FastAPI app: thin routes over OpenAIServing, wired once here.
 
-Every /v1 path (strategy paths included) needs the API key when one is set;
-/health and /metrics stay open. A watchdog notices a dead engine: /health and
-requests answer 503 and `on_engine_death` (the CLI's: stop with exit code 1)
-runs, so a supervisor restarts ponder.
+Two small ASGI middlewares guard the edge before any routing: with an API key
+set, every /v1 path (unknown ones and wrong methods too) answers 401 without it,
+so nothing tells a stranger which routes exist; /health, /metrics and the docs
+stay open. A body over `max_body_bytes` is a 413. A watchdog notices a dead
+engine: /health and requests answer 503 and `on_engine_death` (the CLI's: stop
+with exit code 1) runs, so a supervisor restarts ponder.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import hmac
 import logging
 from collections.abc import Callable
@@ -17,9 +18,9 @@ from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security import HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import TypeAdapter
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ponder import strategies
 from ponder.server import errors, metrics
@@ -37,42 +38,90 @@ from ponder.server.protocol import (
 from ponder.server.serving import OpenAIServing
 
 log = logging.getLogger("ponder.app")
-ERRORS = {400: {"model": ErrorResponse}, 401: {"model": ErrorResponse}, 404: {"model": ErrorResponse},
-          429: {"model": ErrorResponse}, 503: {"model": ErrorResponse}}
+ERRORS = {status: {"model": ErrorResponse} for status in (400, 401, 404, 413, 429, 500, 503)}
 
 
-def require_key(api_key: str | None):
-    bearer = HTTPBearer(auto_error=False)
+class RequireKey:
+    """401 for every /v1 path without 'Authorization: Bearer <key>', before routing."""
 
-    async def check(cred: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
-        if api_key is None:
-            return
-        given = cred.credentials if cred is not None else ""
-        if not hmac.compare_digest(given.encode(), api_key.encode()):
-            raise APIError(401, "Incorrect API key provided." if given else "Missing API key: send "
-                           "'Authorization: Bearer <key>'.", "authentication_error", code="invalid_api_key")
+    def __init__(self, app: ASGIApp, api_key: str):
+        self.app, self.key = app, api_key.encode()
 
-    return check
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] == "http" and (path == "/v1" or path.startswith("/v1/")):
+            given = bearer_token(scope)
+            if not (given and hmac.compare_digest(given, self.key)):
+                message = ("Incorrect API key provided." if given else
+                           "Missing API key: send 'Authorization: Bearer <key>'.")
+                err = APIError(401, message, "authentication_error", code="invalid_api_key")
+                return await err.response()(scope, receive, send)
+        await self.app(scope, receive, send)
 
 
-def params_schema(params: type) -> dict:
-    """JSON schema of a params dataclass, with each field's help text as its description."""
-    schema = TypeAdapter(params).json_schema()
-    for f in dataclasses.fields(params):
-        if "help" in f.metadata:
-            schema["properties"][f.name]["description"] = f.metadata["help"]
-    schema["additionalProperties"] = False
-    return schema
+def bearer_token(scope: Scope) -> bytes:
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            scheme, _, token = value.partition(b" ")
+            return token.strip() if scheme.lower() == b"bearer" else b""
+    return b""
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+class LimitBody:
+    """413 for a request body over `max_bytes`: at once when Content-Length says so, else as
+    soon as the streamed body grows past it, so no more than the limit is ever buffered."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        too_large = APIError(413, f"the request body is over this server's limit of {self.max_bytes} bytes",
+                             code="request_too_large", retry=False)
+        length = dict(scope["headers"]).get(b"content-length", b"")
+        if length.isdigit() and int(length) > self.max_bytes:
+            return await too_large.response()(scope, receive, send)
+        seen, over, started = 0, False, False
+
+        async def counting() -> Message:
+            nonlocal seen, over
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    over = True
+                    raise BodyTooLarge
+            return message
+
+        async def unless_over(message: Message) -> None:
+            # Once over, the app answers (FastAPI: a 400 for the cut-off body); the 413 replaces it.
+            nonlocal started
+            if not over:
+                started = True
+                await send(message)
+
+        try:
+            await self.app(scope, counting, unless_over)
+        except Exception:
+            if not over:
+                raise
+        if over and not started:
+            await too_large.response()(scope, receive, send)
 
 
 def strategy_list(default: str | dict) -> StrategyList:
     return StrategyList(default=default, data=[
-        StrategyObject(name=s.name, description=s.doc, parameters=params_schema(s.Params))
-        for s in strategies.STRATEGIES.values()])
+        StrategyObject(name=s.name, description=s.doc, parameters=s.schema()) for s in strategies.STRATEGIES.values()])
 
 
 def create_app(serving: OpenAIServing, *, api_key: str | None = None,
-               on_engine_death: Callable[[], None] | None = None, watch_interval: float = 1.0) -> FastAPI:
+               on_engine_death: Callable[[], None] | None = None, watch_interval: float = 1.0,
+               max_body_bytes: int = 4 * 1024 * 1024) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         async def watchdog() -> None:
@@ -88,11 +137,18 @@ def create_app(serving: OpenAIServing, *, api_key: str | None = None,
         yield
         task.cancel()
 
-    app = FastAPI(title="ponder", version="0.1.0", lifespan=lifespan,
+    # No slash redirects: their Location comes from the Host header, and an unknown path is a plain 404.
+    app = FastAPI(title="ponder", version="0.1.0", lifespan=lifespan, redirect_slashes=False,
                   description="OpenAI-compatible LLM server with test-time reasoning strategies, on vLLM.")
     app.state.serving = serving
+    app.router.route_class = errors.Route
     errors.install(app)
-    v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_key(api_key))], responses=ERRORS)
+    app.add_middleware(LimitBody, max_bytes=max_body_bytes)
+    if api_key is not None:
+        app.add_middleware(RequireKey, api_key=api_key)  # added last, so it runs first
+    # HTTPBearer only documents the scheme in /openapi.json; RequireKey does the checking.
+    v1 = APIRouter(prefix="/v1", dependencies=[Depends(HTTPBearer(auto_error=False))], responses=ERRORS,
+                   route_class=errors.Route)
 
     @v1.get("/models", response_model=ModelList)
     async def list_models(request: Request) -> ModelList:

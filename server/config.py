@@ -1,7 +1,9 @@
 """`ponder serve` configuration: one dataclass, filled from flags or PONDER_* env vars.
 
 Every flag --some-flag can also be set as PONDER_SOME_FLAG (repeatable flags
-take a comma-separated list); a flag on the command line wins over the env.
+take a comma-separated list, --effort a ';'-separated one); a flag on the
+command line wins over the env. A flag's type is its field's type, for flags
+and env values alike: a bad value is a usage error at start-up.
 """
 
 from __future__ import annotations
@@ -9,11 +11,17 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
+import types
+import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
+
+from ponder.server.protocol import EffortLevel
 
 # The built-in models are package data of ponder.models: the checkout's models/
 # in an editable install, site-packages/ponder/models from a wheel.
@@ -59,6 +67,16 @@ class ServeConfig:
     kv_cache_gib: int = field(default=1, metadata={"help": "KV cache size on the CPU build (GiB)"})
     engine_arg: list[str] = field(default_factory=list, metadata={
         "help": "KEY=VALUE passed to vLLM's AsyncEngineArgs (VALUE as JSON if it parses); repeatable"})
+    effort: list[str] = field(default_factory=list, metadata={
+        "help": "LEVEL=SPEC: the strategy a request's reasoning_effort LEVEL (minimal, low, medium, high) runs, "
+                "SPEC a strategy name or JSON object; repeatable; overrides the defaults in "
+                "ponder.server.serving.EFFORTS, and the table in use is logged at start-up. PONDER_EFFORT "
+                "separates entries with ';' (JSON has commas)", "sep": ";"})
+    max_body_bytes: int = field(default=4 * 1024 * 1024, metadata={
+        "help": "largest request body accepted; beyond it, 413"})
+    drain_grace: float = field(default=6.0, metadata={
+        "help": "seconds running requests get to finish after SIGTERM before they are ended with an error; "
+                "ponder exits within about this + 2 s (keep it under a container's stop time-out)"})
     log_level: str = field(default="info", metadata={"help": "debug, info, warning, error"})
 
     def __post_init__(self) -> None:
@@ -71,6 +89,33 @@ class ServeConfig:
         for spec in self.lora:
             if "=" not in spec:
                 raise ValueError(f"--lora takes NAME=PATH, got {spec!r}")
+        if self.api_key == "":
+            raise ValueError("--api-key must not be empty")
+        if self.max_body_bytes < 1:
+            raise ValueError("--max-body-bytes must be at least 1")
+        if not (math.isfinite(self.drain_grace) and self.drain_grace >= 0):
+            raise ValueError(f"--drain-grace must be a finite number of seconds >= 0, got {self.drain_grace}")
+        self.efforts()
+
+    def efforts(self) -> dict[str, str | dict[str, Any]]:
+        """The --effort flags as {level: strategy spec}; the server's defaults fill in the rest."""
+        out: dict[str, str | dict[str, Any]] = {}
+        for entry in self.effort:
+            level, eq, spec = entry.partition("=")
+            level, spec = level.strip(), spec.strip()
+            if not eq or level not in typing.get_args(EffortLevel):
+                raise ValueError(f"--effort takes LEVEL=SPEC with LEVEL one of "
+                                 f"{', '.join(typing.get_args(EffortLevel))}, got {entry!r}")
+            if spec.isidentifier():
+                out[level] = spec
+                continue
+            if not spec.startswith("{"):
+                raise ValueError(f"--effort {level}: SPEC must be a strategy name or a JSON object, got {spec!r}")
+            try:
+                out[level] = json.loads(spec)  # starts with "{": an object or an error
+            except json.JSONDecodeError as e:
+                raise ValueError(f"--effort {level}: SPEC is not a valid JSON object ({e})") from None
+        return out
 
     def engine_kwargs(self) -> dict[str, Any]:
         out = {}
@@ -90,24 +135,47 @@ class ServeConfig:
         return d
 
 
+def flag_type(tp: Any) -> tuple[Callable[[str], Any], bool]:
+    """(converter, repeatable) for a field type: int, float, bool, str, `X | None` or list[X]."""
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        tp = next(a for a in typing.get_args(tp) if a is not type(None))
+    if typing.get_origin(tp) is list:
+        return flag_type(typing.get_args(tp)[0])[0], True
+    return (parse_bool if tp is bool else tp), False
+
+
+def parse_bool(text: str) -> bool:
+    words = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
+    if text.strip().lower() not in words:
+        raise ValueError(f"not a boolean: {text!r}")
+    return words[text.strip().lower()]
+
+
 def parse_args(argv: list[str] | None = None, prog: str = "ponder serve") -> ServeConfig:
     parser = argparse.ArgumentParser(prog=prog, description="Serve models with per-request reasoning strategies.")
-    lists: dict[str, list[str]] = {}
+    hints = typing.get_type_hints(ServeConfig)
+    lists: dict[str, list[Any]] = {}
     for f in dataclasses.fields(ServeConfig):
-        flag = "--" + f.name.replace("_", "-")
-        env = os.environ.get("PONDER_" + f.name.upper())
+        flag, var = "--" + f.name.replace("_", "-"), "PONDER_" + f.name.upper()
+        conv, repeatable = flag_type(hints[f.name])
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-        kind = str(f.type)
-        help = f.metadata["help"] + f" [env PONDER_{f.name.upper()}]"
-        if kind.startswith("list"):
-            parser.add_argument(flag, action="append", default=None, help=help)
-            lists[f.name] = env.split(",") if env else default
-        elif kind == "bool":
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=help,
-                                default=env.lower() in ("1", "true", "yes") if env else default)
+        env = os.environ.get(var) or None  # set but empty (VAR=${UNSET} in compose) counts as unset
+        if env is not None:
+            try:
+                if repeatable:
+                    default = [conv(v.strip()) for v in env.split(f.metadata.get("sep", ",")) if v.strip()]
+                else:
+                    default = conv(env)
+            except ValueError:
+                parser.error(f"{var}: invalid {'bool' if conv is parse_bool else conv.__name__} value: {env!r}")
+        help = f.metadata["help"] + f" [env {var}]"
+        if repeatable:
+            parser.add_argument(flag, action="append", type=conv, default=None, help=help)
+            lists[f.name] = default
+        elif conv is parse_bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help)
         else:
-            conv = int if kind in ("int", "int | None") else str
-            parser.add_argument(flag, type=conv, help=help, default=conv(env) if env else default)
+            parser.add_argument(flag, type=conv, default=default, help=help)
     args = vars(parser.parse_args(argv))
     for name, default in lists.items():
         if args[name] is None:

@@ -3,21 +3,29 @@
 Invalid bodies are 400 (never FastAPI's 422). Errors that will fail again carry
 `x-should-retry: false`, which the openai SDK obeys; without it the SDK retries
 5xx and 429 responses, re-running a whole (costly) strategy.
+
+Every exception a route raises becomes a response inside the route (`Route`):
+one that reaches Starlette's catch-all handler is re-raised to uvicorn, which
+then closes the client's keep-alive connection.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import uuid
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
 
 from ponder.strategies.engine import EngineBusyError, EngineDeadError, EngineError, EngineRequestError
+from ponder.strategies.params import ParamError
 
 log = logging.getLogger("ponder.errors")
+HTTP_TYPES = {401: "authentication_error", 403: "permission_error", 429: "rate_limit_error"}
 
 
 class APIError(Exception):
@@ -31,9 +39,12 @@ class APIError(Exception):
     def body(self) -> dict:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
-    def response(self) -> JSONResponse:
+    def response(self) -> Response:
+        # json.dumps escapes to ASCII, so a message quoting invalid Unicode still renders
+        # (Starlette's JSONResponse would raise on a lone surrogate).
         headers = {"x-should-retry": "true" if self.retry else "false"}
-        return JSONResponse(self.body(), status_code=self.status, headers=headers)
+        return Response(json.dumps(self.body()), status_code=self.status, headers=headers,
+                        media_type="application/json")
 
 
 def bad_request(message: str, param: str | None = None, code: str | None = None) -> APIError:
@@ -44,6 +55,13 @@ def from_exception(e: BaseException) -> APIError:
     """Map any exception raised while serving a request to an APIError."""
     if isinstance(e, APIError):
         return e
+    if isinstance(e, ParamError):  # e.g. a user's pattern that ran past its time limit on model output
+        return bad_request(f"strategy.{e}", param=f"strategy.{e.param}", code="invalid_strategy")
+    if isinstance(e, RequestValidationError):
+        return _validation_error(e)
+    if isinstance(e, StarletteHTTPException):
+        kind = HTTP_TYPES.get(e.status_code, "server_error" if e.status_code >= 500 else "invalid_request_error")
+        return APIError(e.status_code, str(e.detail), kind)
     if isinstance(e, EngineDeadError):
         return APIError(503, f"the engine is not available: {e}", "service_unavailable",
                         code="engine_dead", retry=False)
@@ -53,45 +71,50 @@ def from_exception(e: BaseException) -> APIError:
         return bad_request(str(e))
     if isinstance(e, EngineError):
         return APIError(502, f"engine error: {e}", "server_error", retry=False)
-    log.exception("unexpected error", exc_info=e)
-    return APIError(500, f"internal error: {type(e).__name__}", "server_error", retry=False)
+    ref = uuid.uuid4().hex[:12]  # the client quotes it, the operator greps the log for it
+    log.exception("unexpected error %s", ref, exc_info=e)
+    return APIError(500, f"internal error {ref} ({type(e).__name__}); the server log has the details",
+                    "server_error", retry=False)
 
 
-def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
+def _validation_error(exc: RequestValidationError) -> APIError:
     errors = exc.errors()
     if not errors:
-        return "invalid request body", None
+        return bad_request("invalid request body")
     first = errors[0]
+    if first.get("type") == "json_invalid":
+        return bad_request(f"request body is not valid JSON: {first.get('ctx', {}).get('error', first.get('msg'))}")
     loc = [str(x) for x in first.get("loc", ()) if x != "body"]
     param = ".".join(loc) or None
-    msg = first.get("msg", "invalid value")
-    if first.get("type") == "extra_forbidden":
-        msg = "unsupported parameter"
-    elif first.get("type") == "json_invalid":
-        return f"request body is not valid JSON: {first.get('ctx', {}).get('error', msg)}", None
-    return (f"{param}: {msg}" if param else msg), param
+    msg = "unsupported parameter" if first.get("type") == "extra_forbidden" else first.get("msg", "invalid value")
+    return bad_request(f"{param}: {msg}" if param else msg, param=param)
+
+
+class Route(APIRoute):
+    """An APIRoute that answers every exception itself, so the connection stays open."""
+
+    def get_route_handler(self):
+        handle = super().get_route_handler()
+
+        async def guarded(request: Request) -> Response:
+            try:
+                return await handle(request)
+            except Exception as e:
+                return from_exception(e).response()
+
+        return guarded
 
 
 def install(app: FastAPI) -> None:
-    @app.exception_handler(APIError)
-    async def _api_error(_: Request, exc: APIError) -> JSONResponse:
-        return exc.response()
-
-    @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-        message, param = _validation_message(exc)
-        return bad_request(message, param=param).response()
+    """Handlers for what is raised outside a Route: the router's 404 and 405, and a last resort."""
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        kind = {401: "authentication_error", 404: "invalid_request_error", 405: "invalid_request_error"}
-        return APIError(exc.status_code, str(exc.detail), kind.get(exc.status_code, "server_error"),
-                        retry=False).response()
-
-    @app.exception_handler(json.JSONDecodeError)
-    async def _json(_: Request, exc: json.JSONDecodeError) -> JSONResponse:
-        return bad_request(f"request body is not valid JSON: {exc}").response()
+    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
+        err = from_exception(exc)
+        if exc.status_code in (404, 405):  # say which URL, as OpenAI does
+            err.message = f"{err.message}: {request.method} {request.url.path}"
+        return err.response()
 
     @app.exception_handler(Exception)
-    async def _any(_: Request, exc: Exception) -> JSONResponse:
+    async def _any(_: Request, exc: Exception) -> Response:
         return from_exception(exc).response()

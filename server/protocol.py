@@ -2,16 +2,39 @@
 
 Requests convert themselves into the frozen dataclasses the rest of ponder
 uses (`to_sampling_spec`, `strategy_spec`). Unknown top-level fields are
-rejected (400) rather than silently ignored.
+rejected (400) rather than silently ignored, and so is text that is not valid
+Unicode (JSON can carry a lone surrogate; the tokenizer cannot).
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator
 
+from ponder import strategies
 from ponder.strategies.engine import SamplingSpec
+
+EffortLevel = Literal["minimal", "low", "medium", "high"]
+
+
+def valid_unicode(value: Any) -> Any:
+    """`value` if every string in it encodes as UTF-8; a lone surrogate ("\\ud800") does not."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("invalid Unicode (a lone surrogate)") from None
+    elif isinstance(value, BaseModel):
+        valid_unicode(list(value.__dict__.values()))
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            valid_unicode(v)
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            valid_unicode(k)
+            valid_unicode(v)
+    return value
 
 
 class StrictModel(BaseModel):
@@ -33,13 +56,17 @@ class ChatMessage(StrictModel):
     content: str | list[TextPart] | None = None
     name: str | None = None
 
+    _unicode = field_validator("content", "name")(valid_unicode)
+
     def text(self) -> str:
         if isinstance(self.content, list):
             return "".join(p.text for p in self.content)
         return self.content or ""
 
 
-StrategyField = str | dict[str, Any] | None
+# Typed loosely for parsing (ponder.strategies.resolve checks it and names the bad field), but
+# documented as a oneOf over the strategies, so /openapi.json clients and fuzzers see every parameter.
+StrategyField = Annotated[str | dict[str, Any] | None, WithJsonSchema(strategies.request_schema())]
 
 
 class _Common(StrictModel):
@@ -59,9 +86,10 @@ class _Common(StrictModel):
     logit_bias: dict[str, float] | None = None
     user: str | None = None
     # ponder's extensions
-    strategy: StrategyField = Field(
-        None, description='"name" or {"name": ..., **params}; see GET /v1/strategies')
+    strategy: StrategyField = None
     return_trace: bool = Field(False, description="include the strategy's full trace in `ponder`")
+
+    _unicode = field_validator("model", "stop", "user", "strategy")(valid_unicode)
 
     @field_validator("stop")
     @classmethod
@@ -74,7 +102,7 @@ class _Common(StrictModel):
     @classmethod
     def _bias(cls, v: dict[str, float] | None) -> dict[str, float] | None:
         for k, b in (v or {}).items():
-            if not k.isdigit():
+            if not (k.isascii() and k.isdigit()):  # "²" is a digit to isdigit, not to int
                 raise ValueError(f"logit_bias keys must be token ids, got {k!r}")
             if not -100 <= b <= 100:
                 raise ValueError("logit_bias values must be in [-100, 100]")
@@ -99,6 +127,8 @@ class ChatCompletionRequest(_Common):
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
+    reasoning_effort: EffortLevel | None = Field(
+        None, description="runs the strategy the server maps this level to (--effort); an explicit `strategy` wins")
 
     def requested_max_tokens(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
@@ -125,6 +155,7 @@ class CompletionRequest(_Common):
     @field_validator("prompt")
     @classmethod
     def _prompt(cls, v: Any) -> Any:
+        valid_unicode(v)
         if isinstance(v, list) and not v:
             raise ValueError("prompt must not be empty")
         if isinstance(v, list) and any(isinstance(p, list) and not p for p in v):

@@ -1,7 +1,8 @@
 """OpenAIServing: turns a validated request into strategy runs and an OpenAI response.
 
 Routes stay thin; this object owns the models, the limits, the strategy runs,
-usage accounting and the response shapes (JSON and SSE).
+usage accounting and the drain on shutdown. Response shapes live in
+responses.py, the SSE body in streaming.py; neither imports this module.
 """
 
 from __future__ import annotations
@@ -11,20 +12,23 @@ import dataclasses
 import time
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from ponder import strategies
-from ponder.server import metrics
+from ponder.server import metrics, streaming
 from ponder.server.errors import APIError, bad_request, from_exception
 from ponder.server.protocol import ChatCompletionRequest, CompletionRequest, ModelList, ModelObject
-from ponder.server.streaming import stream_direct, stream_strategy
+from ponder.server.responses import Prepared, response
 from ponder.strategies.base import Context, Query, Result, seeded
-from ponder.strategies.engine import Engine, EngineDeadError, TokenLogprob
+from ponder.strategies.engine import Engine, EngineDeadError, render_chat
+from ponder.strategies.params import ParamError, StrategyParams
 
 CHOICE_SEED_STRIDE = 100_003  # choice j of a seeded request uses seed + j * stride
+OFF_LOOP_CHARS = 8_192  # prompts longer than this are tokenized in a worker thread
 
 
 @dataclass(frozen=True)
@@ -33,22 +37,17 @@ class Limits:
     max_request_tokens: int = 262_144
     max_concurrent_requests: int = 256
     default_strategy: str | dict[str, Any] = "direct"
+    # reasoning_effort -> strategy spec; a request's explicit `strategy` wins.
+    efforts: dict[str, str | dict[str, Any]] = dataclasses.field(default_factory=lambda: dict(EFFORTS))
 
 
-@dataclass(frozen=True)
-class Prepared:
-    """A request after validation: what to run, on what, and how to answer."""
-
-    kind: str  # "chat" | "completion"
-    id: str
-    model: str
-    strategy: strategies.Strategy
-    params: Any
-    queries: list[Query]  # one per (prompt, choice)
-    echo: list[str]  # per query: text to prepend (completions with echo)
-    logprobs: int | None
-    include_usage: bool
-    return_trace: bool
+# What `reasoning_effort` runs when the server is not told otherwise (--effort LEVEL=SPEC).
+EFFORTS: dict[str, str | dict[str, Any]] = {
+    "minimal": "direct",
+    "low": {"name": "self_consistency", "n": 4},
+    "medium": {"name": "self_consistency", "n": 8},
+    "high": {"name": "tournament", "n": 8, "k": 2},
+}
 
 
 class OpenAIServing:
@@ -60,6 +59,9 @@ class OpenAIServing:
             for card in engine.models():
                 self.routes[card.id] = (engine, card.id if card.parent else None)
         self.in_flight = 0
+        self.draining = False
+        self._stopping = asyncio.Event()  # set when the drain's grace is over: running requests end
+        self._idle = asyncio.Event()
 
     # ---- models and strategies ----
 
@@ -70,34 +72,47 @@ class OpenAIServing:
         return self.routes[model]
 
     def models(self) -> ModelList:
-        return ModelList(data=[ModelObject(id=c.id, created=c.created, root=c.root, parent=c.parent,
+        # root: the folder's name, never a local path
+        return ModelList(data=[ModelObject(id=c.id, created=c.created, root=Path(c.root).name, parent=c.parent,
                                            max_model_len=c.max_model_len)
                                for e in self.engines for c in e.models()])
 
-    def strategy(self, spec: Any, path_name: str | None) -> tuple[strategies.Strategy, Any]:
+    def strategy(self, req: ChatCompletionRequest | CompletionRequest,
+                 path_name: str | None) -> tuple[strategies.Strategy, StrategyParams]:
+        """The explicit strategy (path or body), else the request's reasoning_effort, else the default."""
+        spec = req.strategy
         if path_name is not None:
-            if spec is not None and (spec if isinstance(spec, str) else spec.get("name")) != path_name:
-                raise bad_request(f"the path names strategy {path_name!r} but the body names another",
+            named = spec if isinstance(spec, str) else spec.get("name") if isinstance(spec, dict) else None
+            if named is not None and named != path_name:
+                raise bad_request(f"the path names strategy {path_name!r} but the body names {named!r}",
                                   param="strategy")
-            spec = {"name": path_name, **(spec if isinstance(spec, dict) else {})}
+            spec = {**(spec if isinstance(spec, dict) else {}), "name": path_name}
+        effort = getattr(req, "reasoning_effort", None)
+        if spec is None and effort is not None:
+            spec = self.limits.efforts[effort]
         try:
-            return validate_strategy(spec if spec is not None else self.limits.default_strategy)
-        except ValueError as e:
-            raise bad_request(str(e), param="strategy", code="invalid_strategy") from e
+            return strategies.resolve(spec if spec is not None else self.limits.default_strategy)
+        except ParamError as e:
+            raise bad_request(str(e), param=e.param, code="invalid_strategy") from e
 
     # ---- requests ----
 
-    def prepare(self, req: ChatCompletionRequest | CompletionRequest, path_strategy: str | None) -> Prepared:
+    async def prepare(self, req: ChatCompletionRequest | CompletionRequest, path_strategy: str | None) -> Prepared:
+        """Validate everything before any engine call: 4xx here costs nothing."""
         engine, _ = self.route(req.model)
         if any(e.is_dead for e in self.engines):
             raise from_exception(EngineDeadError("the engine process has died; the server is shutting down"))
-        strategy, params = self.strategy(req.strategy, path_strategy)
+        if self.draining:
+            raise streaming.shutting_down()
+        strategy, params = self.strategy(req, path_strategy)
         lim = self.limits
-        if req.n > lim.max_n or getattr(params, "n", 1) > lim.max_n:
-            raise bad_request(f"n is capped at {lim.max_n} (request n={req.n}, strategy n={getattr(params, 'n', 1)})",
-                              param="n")
-        self._check_models(params)
-        prompts = self._prompts(req, engine.tokenizer)
+        leaves = strategies.samples(params)
+        if req.n > lim.max_n or leaves > lim.max_n:
+            raise bad_request(f"n is capped at {lim.max_n} (request n={req.n}, samples per run across the "
+                              f"strategy's samplers={leaves})", param="n")
+        for model in strategies.models(params, req.model):
+            self.route(model)
+        prompts = await self._prompts(req, engine.tokenizer)
         longest = max(len(ids) for ids, _, _ in prompts)
         room = engine.max_model_len - longest
         asked = req.requested_max_tokens()
@@ -108,7 +123,7 @@ class OpenAIServing:
                 "completion). Please reduce the length of the prompt or completion.",
                 param="max_tokens" if room > 0 else "messages", code="context_length_exceeded")
         max_tokens = asked or room
-        cost = strategies.budget(strategy, params, max_tokens) * req.n * len(prompts)
+        cost = strategies.budget(params, max_tokens) * req.n * len(prompts)
         if cost > lim.max_request_tokens:
             raise bad_request(f"this request may generate up to {cost} tokens, over the server's cap of "
                               f"{lim.max_request_tokens} (--max-request-tokens); lower max_tokens or n",
@@ -120,7 +135,7 @@ class OpenAIServing:
         queries, echo = [], []
         for ids, question, prefix in prompts:
             for j in range(req.n):
-                queries.append(Query(req.model, ids, question, seeded(spec, j * CHOICE_SEED_STRIDE)))
+                queries.append(Query(req.model, ids, question, seeded(spec, j * CHOICE_SEED_STRIDE), live=len(queries)))
                 echo.append(prefix)
         kind = "chat" if isinstance(req, ChatCompletionRequest) else "completion"
         rid = ("chatcmpl-" if kind == "chat" else "cmpl-") + uuid.uuid4().hex
@@ -128,63 +143,68 @@ class OpenAIServing:
                         req.include_usage(), req.return_trace)
 
     @staticmethod
-    def _prompts(req: ChatCompletionRequest | CompletionRequest, tok: Any) -> list[tuple[tuple[int, ...], str, str]]:
-        """(prompt ids, question, echo prefix) per prompt of the request."""
+    async def _prompts(req: ChatCompletionRequest | CompletionRequest,
+                       tok: Any) -> list[tuple[tuple[int, ...], str, str]]:
+        """(prompt ids, question, echo prefix) per prompt; long texts are tokenized off the event loop."""
+
+        async def encode(text: str) -> tuple[int, ...]:
+            if len(text) <= OFF_LOOP_CHARS:
+                return tuple(tok.encode(text, add_special_tokens=False))
+            return tuple(await asyncio.to_thread(tok.encode, text, add_special_tokens=False))
+
         if isinstance(req, ChatCompletionRequest):
+            chat = req.chat()
             try:
-                text = tok.apply_chat_template(req.chat(), tokenize=False, add_generation_prompt=True)
+                if sum(len(m["content"]) for m in chat) <= OFF_LOOP_CHARS:
+                    ids = render_chat(tok, chat)
+                else:
+                    ids = await asyncio.to_thread(render_chat, tok, chat)
             except Exception as e:  # template errors are the request's fault
                 raise bad_request(f"cannot render messages with the model's chat template: {e}",
                                   param="messages") from e
-            return [(tuple(tok.encode(text, add_special_tokens=False)), req.question(), "")]
+            return [(tuple(ids), req.question(), "")]
         prompts = []
         for p in req.prompts():
             if isinstance(p, list) and any(t < 0 or t >= len(tok) for t in p):
                 raise bad_request(f"token ids must be in [0, {len(tok)})", param="prompt")
-            ids = tuple(p) if isinstance(p, list) else tuple(tok.encode(p, add_special_tokens=False))
+            ids = tuple(p) if isinstance(p, list) else await encode(p)
             text = p if isinstance(p, str) else tok.decode(p)
             prompts.append((ids, text, text if req.echo else ""))
         return prompts
 
-    def _check_models(self, params: Any) -> None:
-        """Models a strategy names (judge_model, positive_model, ...) must exist: 404 before any work."""
-        for f in dataclasses.fields(params):
-            value = getattr(params, f.name)
-            if f.name.endswith("_model") and value is not None:
-                self.route(value)
-            elif f.name == "sampler" and value is not None:
-                self._check_models(strategies.resolve(value)[1])
-
     async def handle(self, req: ChatCompletionRequest | CompletionRequest, raw: Request,
                      path_strategy: str | None = None):
-        p = self.prepare(req, path_strategy)
+        p = await self.prepare(req, path_strategy)
         if self.in_flight >= self.limits.max_concurrent_requests:
             raise APIError(429, "the server is at capacity; retry shortly", "rate_limit_error",
                            code="server_busy")
-        endpoint = p.kind
         name = p.strategy.name
         t0 = time.perf_counter()
         self.in_flight += 1
+        self._idle.clear()
         metrics.IN_FLIGHT.inc()
 
         def done(status: str, ctx: Context | None) -> None:
             self.in_flight -= 1
+            if self.in_flight == 0:
+                self._idle.set()
             metrics.IN_FLIGHT.dec()
-            metrics.REQUESTS.labels(endpoint, name, status).inc()
+            metrics.REQUESTS.labels(p.kind, name, status).inc()
             metrics.LATENCY.labels(name).observe(time.perf_counter() - t0)
             if ctx is not None:
                 metrics.record(name, ctx.prompt_tokens, ctx.completion_tokens, ctx.calls)
 
+        tok = self.route(p.model)[0].tokenizer
         if req.stream:
-            if name == "direct":
-                body = stream_direct(self, p, done)
-            else:
-                body = stream_strategy(self, p, done)
+            events: asyncio.Queue = asyncio.Queue()
+            ctx = Context(self.route, p.id, progress=lambda e: events.put_nowait(("progress", e)),
+                          deltas=lambda i, out: events.put_nowait(("delta", i, out)))
+            body = streaming.stream(p, ctx, events, lambda c: self.run(c, p), tok, self._stopping, done)
             return StreamingResponse(body, media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         ctx = Context(self.route, p.id)
         try:
-            results = await _until_disconnect(raw, self.run(ctx, p))
+            results = await _until_disconnect(raw, self.run(ctx, p), self._stopping)
         except BaseException as e:
             err = from_exception(e) if isinstance(e, Exception) else None
             metrics.ERRORS.labels(name, err.type if err else "disconnect").inc()
@@ -193,33 +213,31 @@ class OpenAIServing:
                 raise
             raise err from e
         done("ok", ctx)
-        return JSONResponse(self.response(p, ctx, results))
+        return JSONResponse(response(p, ctx, results, tok).model_dump(mode="json"))
 
     async def run(self, ctx: Context, p: Prepared) -> list[Result]:
         return list(await asyncio.gather(*(p.strategy.run(ctx, q, p.params) for q in p.queries)))
 
-    # ---- response shapes ----
-
-    def response(self, p: Prepared, ctx: Context, results: list[Result]) -> dict[str, Any]:
-        tok = self.route(p.model)[0].tokenizer
-        choices = []
-        for i, (r, prefix) in enumerate(zip(results, p.echo)):
-            lps = r.choice.logprobs if p.logprobs is not None else None
-            if p.kind == "chat":
-                choices.append({"index": i, "message": {"role": "assistant", "content": r.choice.text},
-                                "logprobs": chat_logprobs(lps, p.logprobs or 0, tok) if lps else None,
-                                "finish_reason": r.choice.finish_reason})
-            else:
-                choices.append({"index": i, "text": prefix + r.choice.text,
-                                "logprobs": completion_logprobs(lps, p.logprobs or 0, len(prefix)) if lps else None,
-                                "finish_reason": r.choice.finish_reason})
-        return {"id": p.id, "object": "chat.completion" if p.kind == "chat" else "text_completion",
-                "created": int(time.time()), "model": p.model, "choices": choices,
-                "usage": usage(ctx, results), "ponder": ponder_field(p, ctx, results)}
+    async def drain(self, grace: float) -> None:
+        """Refuse new requests, let running ones finish for up to `grace` seconds, then end the
+        rest with a 503 (an error chunk and [DONE] on streams); returns when none is left."""
+        self.draining = True
+        if self.in_flight:
+            try:
+                await asyncio.wait_for(self._idle.wait(), grace)
+            except TimeoutError:
+                pass
+        self._stopping.set()
+        if self.in_flight:
+            try:
+                await asyncio.wait_for(self._idle.wait(), 2.0)
+            except TimeoutError:
+                pass
 
 
-async def _until_disconnect(raw: Request, work) -> Any:
-    """Run `work`, cancelling it (and so every engine call it made) if the client leaves."""
+async def _until_disconnect(raw: Request, work, stopping: asyncio.Event) -> Any:
+    """Run `work`, cancelling it (and so every engine call it made) if the client leaves
+    or the drain's grace is over (then a 503)."""
     task = asyncio.ensure_future(work)
 
     async def disconnected() -> None:
@@ -227,70 +245,16 @@ async def _until_disconnect(raw: Request, work) -> Any:
             pass
 
     watch = asyncio.ensure_future(disconnected())
+    stop = asyncio.ensure_future(stopping.wait())
     try:
-        await asyncio.wait([task, watch], return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait([task, watch, stop], return_when=asyncio.FIRST_COMPLETED)
     finally:
         watch.cancel()
+        stop.cancel()
         if not task.done():
             task.cancel()
             await asyncio.wait([task])  # every engine call has aborted when this returns
+            if stopping.is_set():
+                raise streaming.shutting_down()
             raise asyncio.CancelledError("client disconnected")
     return task.result()
-
-
-def validate_strategy(spec: Any) -> tuple[strategies.Strategy, Any]:
-    """Resolve and type-check a strategy spec with pydantic, samplers included."""
-    from pydantic import TypeAdapter, ValidationError
-
-    def construct(cls: type, kwargs: dict) -> Any:
-        try:
-            return TypeAdapter(cls).validate_python(kwargs)
-        except ValidationError as e:
-            err = e.errors()[0]
-            where = ".".join(map(str, err["loc"]))
-            raise ValueError(f"{where + ': ' if where else ''}{err['msg']}") from None
-
-    strategy, params = strategies.resolve(spec, construct)
-    sampler = getattr(params, "sampler", None)
-    if sampler is not None:
-        inner, inner_params = validate_strategy(sampler)
-        params = dataclasses.replace(params, sampler=strategies.as_dict(inner, inner_params))
-    return strategy, params
-
-
-def usage(ctx: Context, results: list[Result]) -> dict[str, Any]:
-    returned = sum(len(r.choice.token_ids) for r in results)
-    return {"prompt_tokens": ctx.prompt_tokens, "completion_tokens": ctx.completion_tokens,
-            "total_tokens": ctx.prompt_tokens + ctx.completion_tokens,
-            "completion_tokens_details": {"reasoning_tokens": max(0, ctx.completion_tokens - returned)}}
-
-
-def ponder_field(p: Prepared, ctx: Context, results: list[Result]) -> dict[str, Any]:
-    out: dict[str, Any] = {"strategy": p.strategy.name, "params": dataclasses.asdict(p.params),
-                           "engine_calls": ctx.calls}
-    if any(r.info for r in results):
-        out["info"] = [r.info for r in results]
-    if p.return_trace:
-        out["trace"] = [r.trace for r in results]
-    return out
-
-
-def _bytes(s: str) -> list[int]:
-    return list(s.encode("utf-8"))
-
-
-def chat_logprobs(lps: tuple[TokenLogprob, ...], k: int, tok: Any) -> dict[str, Any]:
-    return {"content": [
-        {"token": lp.token, "logprob": lp.logprob, "bytes": _bytes(lp.token),
-         "top_logprobs": [{"token": t or tok.decode([i]), "logprob": v, "bytes": _bytes(t or tok.decode([i]))}
-                          for i, t, v in lp.top[:k]]}
-        for lp in lps]}
-
-
-def completion_logprobs(lps: tuple[TokenLogprob, ...], k: int, offset: int) -> dict[str, Any]:
-    offsets, pos = [], offset
-    for lp in lps:
-        offsets.append(pos)
-        pos += len(lp.token)
-    return {"tokens": [lp.token for lp in lps], "token_logprobs": [lp.logprob for lp in lps],
-            "top_logprobs": [{t: v for _, t, v in lp.top[:k]} for lp in lps], "text_offset": offsets}

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections import Counter
 from collections.abc import Sequence
+
+from ponder.strategies.params import findall
 
 # "Answer: 42" (ponder's tasks, and a common convention); otherwise the last number.
 ANSWER_PATTERN = r"Answer:\s*(-?\d[\d,]*(?:\.\d+)?)"
@@ -13,13 +16,18 @@ NUMBER_RE = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 
 def extract_answer(text: str, pattern: str = ANSWER_PATTERN) -> str | None:
     """The last match of `pattern` (its first group), else the last number, normalised."""
-    found = re.findall(pattern, text)
+    found = findall(pattern, text)
     if not found:
         found = NUMBER_RE.findall(text)
     if not found:
         return None
     answer = found[-1] if isinstance(found[-1], str) else found[-1][0]
     return normalize(answer)
+
+
+async def extract_answers(texts: Sequence[str], pattern: str = ANSWER_PATTERN) -> list[str | None]:
+    """extract_answer over many texts in a worker thread: user patterns never run on the event loop."""
+    return await asyncio.to_thread(lambda: [extract_answer(t, pattern) for t in texts])
 
 
 def normalize(answer: str) -> str:

@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ponder.strategies.engine import Engine, SamplingSpec, TokenLogprob, collect
+from ponder.strategies.engine import Engine, Output, SamplingSpec, TokenLogprob, collect, render_chat
+from ponder.strategies.params import Sampler
 
 Router = Callable[[str], tuple[Engine, str | None]]  # model id -> (engine, adapter or None)
+Deltas = Callable[[int, Output], None]  # (choice index, delta) as the engine makes it
 
 
 @dataclass(frozen=True)
@@ -28,6 +30,7 @@ class Query:
     prompt_ids: tuple[int, ...]  # the rendered prompt every candidate continues
     question: str  # the last user message (chat) or the prompt text (completions)
     spec: SamplingSpec  # the request's own sampling settings, used for candidates
+    live: int | None = None  # a top-level run answering choice i streams its answer as it is made
 
 
 @dataclass(frozen=True)
@@ -53,10 +56,11 @@ class Context:
     """One request's handle on the engines; counts everything it spends."""
 
     def __init__(self, route: Router, request_id: str,
-                 progress: Callable[[dict[str, Any]], None] | None = None):
+                 progress: Callable[[dict[str, Any]], None] | None = None, deltas: Deltas | None = None):
         self.route = route
         self.request_id = request_id
         self._progress = progress
+        self._deltas = deltas
         self._ids = itertools.count()
         self.prompt_tokens = 0
         self.completion_tokens = 0
@@ -71,21 +75,30 @@ class Context:
 
     def render(self, model: str, messages: Sequence[dict[str, str]]) -> tuple[int, ...]:
         """Token ids of a chat prompt, with the generation prompt appended."""
-        tok = self.engine(model)[0].tokenizer
-        text = tok.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
-        return tuple(tok.encode(text, add_special_tokens=False))
+        return tuple(render_chat(self.engine(model)[0].tokenizer, messages))
 
     def tokenizer(self, model: str) -> Any:
         return self.engine(model)[0].tokenizer
 
-    async def generate(self, model: str, prompt_ids: Sequence[int], spec: SamplingSpec) -> Candidate:
+    async def generate(self, model: str, prompt_ids: Sequence[int], spec: SamplingSpec,
+                       live: int | None = None) -> Candidate:
+        """One sample. `live=i`: this sample is choice i's answer, so its tokens are passed on
+        (streamed to the client) as the engine makes them."""
         engine, adapter = self.engine(model)
         rid = f"{self.request_id}-{next(self._ids)}"
-        out = await collect(engine.generate(list(prompt_ids), spec, rid, model=adapter, stream=False))
+        if live is None or self._deltas is None:
+            out = await collect(engine.generate(list(prompt_ids), spec, rid, model=adapter, stream=False))
+        else:
+            out = await collect(self._relay(live, engine.generate(list(prompt_ids), spec, rid, model=adapter)))
         self.calls += 1
         self.prompt_tokens += out.prompt_tokens
         self.completion_tokens += out.completion_tokens
         return Candidate(out.text, out.token_ids, out.logprobs, out.finish_reason)
+
+    async def _relay(self, choice: int, outputs: AsyncIterator[Output]) -> AsyncIterator[Output]:
+        async for out in outputs:
+            self._deltas(choice, out)  # type: ignore[misc]
+            yield out
 
     async def score(self, model: str, prompt_ids: Sequence[int], continuation: Sequence[int],
                     top_logprobs: int = 0) -> list[TokenLogprob]:
@@ -97,23 +110,23 @@ class Context:
         return out
 
     async def sample(self, query: Query, n: int,
-                     sampler: dict[str, Any] | None = None) -> tuple[list[Candidate], list[dict]]:
+                     sampler: Sampler | None = None) -> tuple[list[Candidate], list[dict]]:
         """n candidates for the query, all issued at once.
 
         With no sampler they are n plain samples (seeds seed, seed+1, ...). A
-        sampler is another strategy, {"name": ..., params}, run n times; each
-        run's chosen answer is one candidate and its trace is kept.
+        sampler is another strategy, resolved when the request was validated,
+        run n times; each run's chosen answer is one candidate and its trace is kept.
         """
         if sampler is None:
             cands = await asyncio.gather(*(self.generate(query.model, query.prompt_ids, seeded(query.spec, i))
                                            for i in range(n)))
             return list(cands), []
-        from ponder.strategies import resolve
+        from ponder.strategies import STRATEGIES
 
-        strategy, params = resolve(sampler)
+        run = STRATEGIES[sampler.name].run
         results = await asyncio.gather(*(
-            strategy.run(self, Query(query.model, query.prompt_ids, query.question,
-                                     seeded(query.spec, 7919 * i)), params)
+            run(self, Query(query.model, query.prompt_ids, query.question, seeded(query.spec, 7919 * i)),
+                sampler.params)
             for i in range(n)))
         return [r.choice for r in results], [r.trace for r in results]
 

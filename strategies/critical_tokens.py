@@ -25,35 +25,33 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from ponder.strategies.answers import ANSWER_PATTERN, extract_answer, vote
+from ponder.strategies.answers import ANSWER_PATTERN, extract_answers, vote
 from ponder.strategies.base import Candidate, Context, Query, Result, seeded
 from ponder.strategies.engine import TokenLogprob
+from ponder.strategies.params import Sampler, StrategyParams, param
 
 
 @dataclass(frozen=True)
-class Params:
-    n: int = field(default=4, metadata={"help": "initial candidates"})
-    rounds: int = field(default=1, metadata={"help": "critical-token resamples per candidate"})
-    beta: float = field(default=1.0, metadata={"help": "contrast strength"})
-    threshold: float = field(default=1.0, metadata={"help": "resample only when the lowest s_t is below this"})
-    positive_model: str = field(default="ponder-tiny-pos", metadata={"help": "model tuned on correct trajectories"})
-    negative_model: str = field(default="ponder-tiny-neg", metadata={"help": "model tuned on incorrect ones"})
-    top_logprobs: int = field(default=20, metadata={"help": "log-probs per position for the estimate"})
-    select: str = field(default="vote", metadata={"help": "'vote', 'score' or 'last'"})
-    answer_pattern: str = field(default=ANSWER_PATTERN, metadata={"help": "regex whose first group is the answer"})
-    sampler: dict[str, Any] | None = field(default=None, metadata={"help": "strategy that makes each candidate"})
-
-    def __post_init__(self) -> None:
-        if self.n < 1 or self.rounds < 0 or self.top_logprobs < 0:
-            raise ValueError("n >= 1, rounds >= 0, top_logprobs >= 0")
-        if self.select not in ("vote", "score", "last"):
-            raise ValueError("select must be 'vote', 'score' or 'last'")
+class Params(StrategyParams):
+    n: int = param(4, "initial candidates", ge=1)
+    rounds: int = param(1, "critical-token resamples per candidate", ge=0, le=16)
+    beta: float = param(1.0, "contrast strength", ge=0.0, le=100.0)
+    threshold: float = param(1.0, "resample only when the lowest s_t is below this", ge=0.0, le=1.0)
+    positive_model: str | None = param(None, "model tuned on correct trajectories (default: <model>-pos)")
+    negative_model: str | None = param(None, "model tuned on incorrect ones (default: <model>-neg)")
+    top_logprobs: int = param(20, "log-probs per position for the estimate", ge=0, le=20)
+    select: str = param("vote", "'vote', 'score' or 'last'", choices=("vote", "score", "last"))
+    answer_pattern: str = param(ANSWER_PATTERN, "regex whose first group is the answer", pattern=True)
+    sampler: Sampler | None = param(None, "strategy that makes each candidate")
 
     def budget(self, per_sample: int) -> int:
         return self.n * per_sample * (1 + self.rounds)
+
+    def models(self, model: str) -> list[str]:
+        return [self.positive_model or f"{model}-pos", self.negative_model or f"{model}-neg"]
 
 
 def contrastive_scores(pos: list[TokenLogprob], neg: list[TokenLogprob], beta: float) -> list[float]:
@@ -111,12 +109,14 @@ async def run(ctx: Context, query: Query, params: Params) -> Result:
     cands, sub = await ctx.sample(query, params.n, params.sampler)
     tok = ctx.tokenizer(query.model)
 
+    positive, negative = params.models(query.model)
+
     async def scores(c: Candidate) -> list[float]:
         if not c.token_ids:
             return []
         pos, neg = await asyncio.gather(
-            ctx.score(params.positive_model, query.prompt_ids, c.token_ids, params.top_logprobs),
-            ctx.score(params.negative_model, query.prompt_ids, c.token_ids, params.top_logprobs))
+            ctx.score(positive, query.prompt_ids, c.token_ids, params.top_logprobs),
+            ctx.score(negative, query.prompt_ids, c.token_ids, params.top_logprobs))
         return contrastive_scores(pos, neg, params.beta)
 
     async def refine(i: int, c: Candidate) -> list[dict[str, Any]]:
@@ -140,7 +140,7 @@ async def run(ctx: Context, query: Query, params: Params) -> Result:
 
     chains = await asyncio.gather(*(refine(i, c) for i, c in enumerate(cands)))
     pool = [step for chain in chains for step in chain]
-    answers = [extract_answer(s["candidate"].text, params.answer_pattern) for s in pool]
+    answers = await extract_answers([s["candidate"].text for s in pool], params.answer_pattern)
     if params.select == "last":
         chosen = len(chains[0]) - 1
     elif params.select == "score":
@@ -148,10 +148,10 @@ async def run(ctx: Context, query: Query, params: Params) -> Result:
     else:
         winner, _ = vote(answers)
         chosen = answers.index(winner) if winner is not None else 0
-    trace = {"chains": [[{"text": s["candidate"].text, "answer": extract_answer(s["candidate"].text,
-                                                                                 params.answer_pattern),
-                          "critical": s["critical"], "min_s": min(s["scores"], default=None)}
-                         for s in chain] for chain in chains], "chosen": chosen}
+    found = iter(answers)
+    trace = {"chains": [[{"text": s["candidate"].text, "answer": next(found), "critical": s["critical"],
+                          "min_s": min(s["scores"], default=None)} for s in chain] for chain in chains],
+             "chosen": chosen}
     if sub:
         trace["samplers"] = sub
     _, votes = vote(answers)

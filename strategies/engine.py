@@ -119,6 +119,16 @@ class Engine(Protocol):
     async def aclose(self) -> None: ...
 
 
+def render_chat(tokenizer: Any, messages: Sequence[dict[str, str]]) -> list[int]:
+    """Token ids of a chat prompt in the model's own template, generation prompt appended.
+
+    The one place ponder renders chat: serving, strategies, eval and trainers all
+    call it, so what a model is trained on is what it is served.
+    """
+    text = tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
+    return tokenizer.encode(text, add_special_tokens=False)
+
+
 async def collect(outputs: AsyncIterator[Output]) -> Output:
     """Join a stream of deltas into one Output."""
     text, ids, lps = [], [], []

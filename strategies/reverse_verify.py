@@ -19,44 +19,35 @@ from __future__ import annotations
 import asyncio
 import re
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from ponder.strategies.answers import ANSWER_PATTERN, extract_answer, normalize, vote
+from ponder.strategies.answers import ANSWER_PATTERN, extract_answers, normalize, vote
 from ponder.strategies.base import Context, Query, Result, seeded
+from ponder.strategies.params import Sampler, StrategyParams, param
+from ponder.tasks import arith
 
-BACKWARD_QUESTION_PROMPT = ("Generate the inverse question based on the following seed question and its answer: "
-                            "{question} The correct answer is {answer}.")
-BACKWARD_PROMPT = "Answer the backward question: {backward_question}"
 MASK_TEMPLATE = "{masked_question} The answer is {answer}. What is x?"
 NUMBER = re.compile(r"\d+(?:\.\d+)?")
 
 
 @dataclass(frozen=True)
-class Params:
-    n: int = field(default=8, metadata={"help": "forward candidates"})
-    m: int = field(default=4, metadata={"help": "backward solutions per distinct answer"})
-    alpha: float = field(default=0.5, metadata={"help": "weight of forward votes vs backward checks (FOBAR)"})
-    backward: str = field(default="model", metadata={
-        "help": "'model': the model writes the backward question; 'mask': a number of the question is masked"})
-    backward_question_prompt: str = field(default=BACKWARD_QUESTION_PROMPT, metadata={
-        "help": "user message asking for a backward question; {question}, {answer}"})
-    backward_prompt: str = field(default=BACKWARD_PROMPT, metadata={
-        "help": "user message asking to solve it; {backward_question}"})
-    mask_template: str = field(default=MASK_TEMPLATE, metadata={
-        "help": "backward question in 'mask' mode; {masked_question} (one number replaced by x), {answer}"})
-    max_answers: int = field(default=4, metadata={"help": "verify at most this many distinct answers (top votes)"})
-    aux_max_tokens: int = field(default=256, metadata={"help": "budget of each backward question and solution"})
-    answer_pattern: str = field(default=ANSWER_PATTERN, metadata={"help": "regex whose first group is the answer"})
-    sampler: dict[str, Any] | None = field(default=None, metadata={"help": "strategy that makes each candidate"})
-
-    def __post_init__(self) -> None:
-        if self.n < 1 or self.m < 1 or self.max_answers < 1 or self.aux_max_tokens < 1:
-            raise ValueError("n, m, max_answers and aux_max_tokens must be >= 1")
-        if not 0.0 <= self.alpha <= 1.0:
-            raise ValueError("alpha must be in [0, 1]")
-        if self.backward not in ("model", "mask"):
-            raise ValueError("backward must be 'model' or 'mask'")
+class Params(StrategyParams):
+    n: int = param(8, "forward candidates", ge=1)
+    m: int = param(4, "backward solutions per distinct answer", ge=1, le=64)
+    alpha: float = param(0.5, "weight of forward votes vs backward checks (FOBAR)", ge=0.0, le=1.0)
+    backward: str = param("model", "'model': the model writes the backward question; 'mask': a number of the "
+                          "question is masked", choices=("model", "mask"))
+    backward_question_prompt: str = param(arith.BACKWARD_QUESTION_TEMPLATE, "user message asking for a backward "
+                                          "question; {question}, {answer}", template=("question", "answer"))
+    backward_prompt: str = param(arith.BACKWARD_TEMPLATE, "user message asking to solve it; {backward_question}",
+                                 template=("backward_question",))
+    mask_template: str = param(MASK_TEMPLATE, "backward question in 'mask' mode; {masked_question} (one number "
+                               "replaced by x), {answer}", template=("masked_question", "answer"))
+    max_answers: int = param(4, "verify at most this many distinct answers (top votes)", ge=1, le=64)
+    aux_max_tokens: int = param(256, "budget of each backward question and solution", ge=1, le=8192)
+    answer_pattern: str = param(ANSWER_PATTERN, "regex whose first group is the answer", pattern=True)
+    sampler: Sampler | None = param(None, "strategy that makes each candidate")
 
     def budget(self, per_sample: int) -> int:
         return self.n * per_sample + self.max_answers * (1 + self.m) * self.aux_max_tokens
@@ -94,7 +85,7 @@ def fobar(votes: dict[str, float], verified: dict[str, int], alpha: float) -> di
 async def run(ctx: Context, query: Query, params: Params) -> Result:
     ctx.progress(stage="forward", n=params.n)
     cands, sub = await ctx.sample(query, params.n, params.sampler)
-    answers = [extract_answer(c.text, params.answer_pattern) for c in cands]
+    answers = await extract_answers([c.text for c in cands], params.answer_pattern)
     _, votes = vote(answers)
     checked = sorted(votes, key=lambda a: -votes[a])[: params.max_answers]
     aux = query.spec.replace(max_tokens=params.aux_max_tokens, logprobs=None, stop=(), logit_bias=(), masked=())
@@ -125,8 +116,7 @@ async def run(ctx: Context, query: Query, params: Params) -> Result:
     solved = await asyncio.gather(*(solve(i, j, questions[i][0]) for i, j in todo))
     verified: dict[str, int] = {a: 0 for a in checked}
     checks: dict[str, list[dict[str, Any]]] = {a: [] for a in checked}
-    for (i, _), text in zip(todo, solved):
-        got = extract_answer(text, params.answer_pattern)
+    for (i, _), text, got in zip(todo, solved, await extract_answers(solved, params.answer_pattern)):
         ok = got is not None and got == questions[i][1]
         verified[checked[i]] += ok
         checks[checked[i]].append({"text": text, "answer": got, "verified": ok})

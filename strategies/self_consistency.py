@@ -3,22 +3,18 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
-from ponder.strategies.answers import ANSWER_PATTERN, extract_answer, vote
+from ponder.strategies.answers import ANSWER_PATTERN, extract_answers, vote
 from ponder.strategies.base import Context, Query, Result
+from ponder.strategies.params import Sampler, StrategyParams, param
 
 
 @dataclass(frozen=True)
-class Params:
-    n: int = field(default=8, metadata={"help": "candidates"})
-    answer_pattern: str = field(default=ANSWER_PATTERN, metadata={"help": "regex whose first group is the answer"})
-    sampler: dict[str, Any] | None = field(default=None, metadata={"help": "strategy that makes each candidate"})
-
-    def __post_init__(self) -> None:
-        if self.n < 1:
-            raise ValueError("n must be >= 1")
+class Params(StrategyParams):
+    n: int = param(8, "candidates", ge=1)
+    answer_pattern: str = param(ANSWER_PATTERN, "regex whose first group is the answer", pattern=True)
+    sampler: Sampler | None = param(None, "strategy that makes each candidate")
 
     def budget(self, per_sample: int) -> int:
         return self.n * per_sample
@@ -27,7 +23,7 @@ class Params:
 async def run(ctx: Context, query: Query, params: Params) -> Result:
     ctx.progress(stage="sample", n=params.n)
     cands, sub = await ctx.sample(query, params.n, params.sampler)
-    answers = [extract_answer(c.text, params.answer_pattern) for c in cands]
+    answers = await extract_answers([c.text for c in cands], params.answer_pattern)
     winner, votes = vote(answers)
     chosen = answers.index(winner) if winner is not None else 0
     trace = {"candidates": [{"text": c.text, "answer": a} for c, a in zip(cands, answers)],

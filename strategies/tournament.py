@@ -19,52 +19,54 @@ from __future__ import annotations
 import asyncio
 import math
 import random
-import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from ponder.strategies.answers import ANSWER_PATTERN, extract_answer
+from ponder.strategies.answers import ANSWER_PATTERN, extract_answers
 from ponder.strategies.base import Candidate, Context, Query, Result, seeded
+from ponder.strategies.params import Sampler, StrategyParams, findall, param
+from ponder.tasks import arith
 
-JUDGE_PROMPT = ("Compare two solutions to the question: {question}\n"
-                "Solution 1:\n{solution_1}\nSolution 2:\n{solution_2}\nWhich solution is correct?")
-JUDGE_PATTERN = r"Winner:\s*(Solution 1|Solution 2|Tie)"
+JUDGE_PATTERN = arith.WINNER_RE.pattern
 
 
 @dataclass(frozen=True)
-class Params:
-    n: int = field(default=8, metadata={"help": "candidates"})
-    k: int = field(default=2, metadata={"help": "judge calls per pair, split across both orders"})
-    league: bool = field(default=False, metadata={"help": "league instead of knockout"})
-    m: int = field(default=2, metadata={"help": "league: opponents per candidate"})
-    judge_model: str | None = field(default=None, metadata={"help": "model that judges (default: the request's)"})
-    judge_prompt: str = field(default=JUDGE_PROMPT, metadata={
-        "help": "judge's user message; {question}, {solution_1}, {solution_2} are filled in"})
-    judge_pattern: str = field(default=JUDGE_PATTERN, metadata={
-        "help": "regex whose first group is 'Solution 1', 'Solution 2' or anything else (a tie)"})
-    judge_temperature: float = field(default=0.1, metadata={"help": "judge sampling temperature"})
-    judge_max_tokens: int = field(default=256, metadata={"help": "judge reply budget"})
-    judge_same_answer: bool = field(default=False, metadata={"help": "judge pairs that give the same answer"})
-    answer_pattern: str = field(default=ANSWER_PATTERN, metadata={"help": "regex whose first group is the answer"})
-    sampler: dict[str, Any] | None = field(default=None, metadata={"help": "strategy that makes each candidate"})
-
-    def __post_init__(self) -> None:
-        if self.n < 1 or self.k < 1 or self.m < 1 or self.judge_max_tokens < 1:
-            raise ValueError("n, k, m and judge_max_tokens must be >= 1")
-        for key in ("{question}", "{solution_1}", "{solution_2}"):
-            if key not in self.judge_prompt:
-                raise ValueError(f"judge_prompt must contain {key}")
-        re.compile(self.judge_pattern)
+class Params(StrategyParams):
+    n: int = param(8, "candidates", ge=1)
+    k: int = param(2, "judge calls per pair, split across both orders", ge=1, le=64)
+    judge: str = param("text", "'text': count the verdicts the judge writes; 'logprob': average the log-prob "
+                       "margin of 'Solution 1' over 'Solution 2' across both orders (a position bias cancels)",
+                       choices=("text", "logprob"))
+    league: bool = param(False, "league instead of knockout")
+    m: int = param(2, "league: opponents per candidate", ge=1)
+    judge_model: str | None = param(None, "model that judges (default: the request's)")
+    judge_prompt: str | None = param(None, "judge's user message with {question}, {solution_1}, {solution_2} "
+                                     "(default: the built-in task's, which labels each solution line)",
+                                     template=("question", "solution_1", "solution_2"))
+    judge_pattern: str = param(JUDGE_PATTERN, "regex whose first group is 'Solution 1', 'Solution 2' or "
+                               "anything else (a tie)", pattern=True)
+    judge_temperature: float = param(0.1, "judge sampling temperature", ge=0.0, le=2.0)
+    judge_max_tokens: int = param(256, "judge reply budget", ge=1, le=8192)
+    judge_same_answer: bool = param(False, "judge pairs that give the same answer")
+    answer_pattern: str = param(ANSWER_PATTERN, "regex whose first group is the answer", pattern=True)
+    sampler: Sampler | None = param(None, "strategy that makes each candidate")
 
     @property
     def per_order(self) -> int:
         return max(1, self.k // 2)
 
     def pairs_played(self) -> int:
-        return len(league_pairs(self.n, self.m)) if self.league else self.n - 1
+        """Games in one run, in closed form (a league of 10^6 must not be enumerated to be priced)."""
+        if not self.league:
+            return self.n - 1
+        d = min(self.m, self.n - 1)
+        return self.n * (self.n - 1) // 2 if 2 * d >= self.n else self.n * d
 
     def budget(self, per_sample: int) -> int:
         return self.n * per_sample + self.pairs_played() * 2 * self.per_order * self.judge_max_tokens
+
+    def models(self, model: str) -> list[str]:
+        return [self.judge_model] if self.judge_model else []
 
 
 def knockout_pairs(players: list[int]) -> tuple[list[tuple[int, int]], int | None]:
@@ -87,7 +89,7 @@ def league_pairs(n: int, m: int) -> list[tuple[int, int]]:
 
 def verdict_scores(text: str, pattern: str) -> tuple[float, float]:
     """Score of (Solution 1, Solution 2) from one judge reply."""
-    found = re.findall(pattern, text)
+    found = findall(pattern, text, "judge_pattern")
     last = found[-1] if found else None
     if isinstance(last, tuple):
         last = last[0]
@@ -111,7 +113,7 @@ def failure_bound(p_gen: float, p_comp: float, n: int, k: int) -> float:
 async def run(ctx: Context, query: Query, params: Params) -> Result:
     ctx.progress(stage="sample", n=params.n)
     cands, sub = await ctx.sample(query, params.n, params.sampler)
-    answers = [extract_answer(c.text, params.answer_pattern) for c in cands]
+    answers = await extract_answers([c.text for c in cands], params.answer_pattern)
     rng = random.Random(query.spec.seed)
     judge = _Judge(ctx, query, params, cands)
     rounds: list[dict[str, Any]] = []
@@ -137,7 +139,7 @@ async def run(ctx: Context, query: Query, params: Params) -> Result:
             rounds.append({"games": games, "bye": bye})
         winner = players[0]
     judged = [g for r in rounds for g in r["games"] if g["calls"]]
-    agreement = _mean([max(g["score"]) / len(g["calls"]) for g in judged])
+    agreement = _mean([max(g.get("agreement", g["score"])) / len(g["calls"]) for g in judged])
     p_gen = _mean([a is not None and a == answers[winner] for a in answers])
     info = {"winner": winner, "answer": answers[winner], "judge_calls": judge.calls,
             "judge_agreement": agreement, "p_gen_est": p_gen, "p_comp_est": agreement,
@@ -148,6 +150,13 @@ async def run(ctx: Context, query: Query, params: Params) -> Result:
     if sub:
         trace["samplers"] = sub
     return Result(choice=cands[winner], trace=trace, info=info)
+
+
+def judge_prompt(params: Params, question: str, solution_1: str, solution_2: str) -> str:
+    """The judge's user message: the task's own (as trained) unless the request gives a template."""
+    if params.judge_prompt is None:
+        return arith.judge_prompt(question, solution_1, solution_2)
+    return params.judge_prompt.format(question=question, solution_1=solution_1, solution_2=solution_2)
 
 
 def _mean(xs: list) -> float | None:
@@ -173,26 +182,57 @@ class _Judge:
             return game
         orders = [(a, b)] * self.params.per_order + [(b, a)] * self.params.per_order
         replies = await asyncio.gather(*(self._call(x, y) for x, y in orders))
-        score = [0.0, 0.0]
+        score, margins = [0.0, 0.0], []
         for (x, y), reply in zip(orders, replies):
             if reply is None:
                 continue
-            s1, s2 = verdict_scores(reply, self.params.judge_pattern)
-            sa, sb = (s1, s2) if x == a else (s2, s1)
-            score[0] += sa
-            score[1] += sb
-            game["calls"].append({"order": [x, y], "reply": reply})
+            text, margin = reply
+            call: dict[str, Any] = {"order": [x, y], "reply": text}
+            if self.params.judge == "logprob":
+                call["margin"] = margin  # log p(Solution 1) - log p(Solution 2), for solution x
+                margins.append(margin if x == a else -margin)
+                s1, s2 = (1.0, 0.0) if margin > 0 else (0.0, 1.0) if margin < 0 else (0.5, 0.5)
+            else:
+                s1, s2 = await asyncio.to_thread(verdict_scores, text, self.params.judge_pattern)
+            score[0] += s1 if x == a else s2
+            score[1] += s2 if x == a else s1
+            game["calls"].append(call)
         if not game["calls"]:
             game["skipped"] = "judge prompt longer than the context"
         game["score"] = (score[0], score[1])
+        if margins:
+            # Averaged over both orders, a judge's preference for a position cancels out.
+            game["margin"] = sum(margins) / len(margins)
+            game["score"] = (1.0, 0.0) if game["margin"] > 0 else (0.0, 1.0) if game["margin"] < 0 else (0.5, 0.5)
+            game["agreement"] = score
         return game
 
-    async def _call(self, x: int, y: int) -> str | None:
-        text = self.params.judge_prompt.format(question=self.query.question, solution_1=self.cands[x].text,
-                                               solution_2=self.cands[y].text)
+    async def _call(self, x: int, y: int) -> tuple[str, float] | None:
+        text = judge_prompt(self.params, self.query.question, self.cands[x].text, self.cands[y].text)
         ids = self.ctx.render(self.model, [{"role": "user", "content": text}])
         if len(ids) + self.params.judge_max_tokens > self.max_len:
             return None
         self.calls += 1
         spec = seeded(self.spec, 1_000 + self.calls)
-        return (await self.ctx.generate(self.model, ids, spec)).text
+        text = (await self.ctx.generate(self.model, ids, spec)).text
+        if self.params.judge != "logprob":
+            return text, 0.0
+        return text, await self._margin(ids, text)
+
+    async def _margin(self, ids: tuple[int, ...], text: str) -> float:
+        """log p("Solution 1") - log p("Solution 2") where the judge writes its verdict.
+
+        The reply is cut before its "Winner:" (or taken whole) and "Winner: Solution 1"
+        is scored after it: one prefill, mostly from the prefix cache.
+        """
+        tok = self.ctx.tokenizer(self.model)
+        head = text[: text.rfind("Winner:")] if "Winner:" in text else text.rstrip() + "\n"
+        one, two = (tok.encode(f"Winner: Solution {d}", add_special_tokens=False) for d in (1, 2))
+        if len(one) != len(two) or one[:-1] != two[:-1]:
+            raise ValueError("judge: 'Solution 1' and 'Solution 2' must differ in their last token only")
+        context = list(ids) + tok.encode(head, add_special_tokens=False)
+        lps = await self.ctx.score(self.model, context, one, top_logprobs=20)
+        last = lps[-1]
+        top = {t: v for t, _, v in last.top} | {last.token_id: last.logprob}
+        floor = min(top.values())  # a verdict outside the top-k gets the k-th log-prob (an upper bound)
+        return top.get(one[-1], floor) - top.get(two[-1], floor)

@@ -290,13 +290,19 @@ def forward_prompt(question: str) -> str:
     return question
 
 
+BACKWARD_QUESTION_TEMPLATE = ("Generate the inverse question based on the following seed question and "
+                              "its answer: {question} The correct answer is {answer}.")
+BACKWARD_TEMPLATE = "Answer the backward question: {backward_question}"
+JUDGE_TEMPLATE = ("Compare two solutions to the question: {question}\n"
+                  "Solution 1:\n{solution_1}\nSolution 2:\n{solution_2}\nWhich solution is correct?")
+
+
 def backward_question_prompt(question: str, answer: int | str) -> str:
-    return ("Generate the inverse question based on the following seed question and "
-            f"its answer: {question} The correct answer is {answer}.")
+    return BACKWARD_QUESTION_TEMPLATE.format(question=question, answer=answer)
 
 
 def backward_prompt(backward_question: str) -> str:
-    return f"Answer the backward question: {backward_question}"
+    return BACKWARD_TEMPLATE.format(backward_question=backward_question)
 
 
 # Line labels of the judge prompt: one letter per line, a different alphabet per
@@ -314,9 +320,8 @@ def label_lines(solution: str, k: int) -> str:
 
 
 def judge_prompt(question: str, solution_1: str, solution_2: str) -> str:
-    return (f"Compare two solutions to the question: {question}\n"
-            f"Solution 1:\n{label_lines(solution_1, 1)}\nSolution 2:\n{label_lines(solution_2, 2)}\n"
-            "Which solution is correct?")
+    return JUDGE_TEMPLATE.format(question=question, solution_1=label_lines(solution_1, 1),
+                                 solution_2=label_lines(solution_2, 2))
 
 
 def judge_verdict(solution_1: str, solution_2: str) -> str:

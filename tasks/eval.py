@@ -3,6 +3,7 @@
     ponder eval --base-url http://localhost:8000/v1 --strategy tournament --param n=8 --limit 500
     ponder eval --model models/ponder-tiny --format judge          # in-process engine, same HTTP code
     ponder eval sweep --base-url ... --strategies self_consistency,tournament --ns 1,2,4,8,16
+    ponder eval --base-url ... --format pairs --n 8 --temperature 0.7   # the tournament's p_gen and p_comp
 
 Requests go through the official openai SDK, concurrently, with a progress bar.
 Prints accuracy with a 95% Wilson interval, tokens per problem and wall time,
@@ -26,7 +27,7 @@ from tqdm.asyncio import tqdm
 
 from ponder.tasks import arith
 
-FORMATS = ("forward", "judge", "backward")
+FORMATS = ("forward", "judge", "backward", "pairs")
 
 
 @dataclass
@@ -125,7 +126,71 @@ async def client_for(cfg: EvalConfig):
         await engine.aclose()
 
 
+def verdict_margin(logprobs: Any) -> float | None:
+    """log p(" 1") - log p(" 2") at the verdict digit of a judge reply (chat logprobs), or None."""
+    tokens = logprobs.content if logprobs else []
+    text = ""
+    for tl in tokens:
+        if text.endswith("Winner: Solution") and tl.token.strip() in ("1", "2"):
+            top = {t.token.strip(): t.logprob for t in tl.top_logprobs} | {tl.token.strip(): tl.logprob}
+            floor = min(top.values())
+            return top.get("1", floor) - top.get("2", floor)
+        text += tl.token
+    return None
+
+
+async def pairs(cfg: EvalConfig) -> dict[str, Any]:
+    """The tournament's two quantities (Chen, Pan et al. 2024) on the model's own samples.
+
+    p_gen: accuracy of one sample at the temperature the strategies use (n per
+    problem). p_comp: how often the judge prefers a correct sample over an
+    incorrect one for the same problem, asked in both orders: by the verdict it
+    writes ("text", greedy) and by the log-prob margin at the verdict averaged
+    over both orders ("logprob", the tournament's judge="logprob").
+    """
+    problems = arith.dataset(cfg.split, cfg.limit, seed=0)
+    sem = asyncio.Semaphore(cfg.concurrency)
+    async with client_for(cfg) as client:
+        model = cfg.model_name or (await client.models.list()).data[0].id
+
+        async def ask(prompt: str, **kw: Any) -> Any:
+            async with sem:
+                return await client.chat.completions.create(
+                    model=model, messages=[{"role": "user", "content": prompt}], max_tokens=cfg.max_tokens, **kw)
+
+        async def one(i: int, p: arith.Problem) -> dict[str, Any]:
+            r = await ask(arith.forward_prompt(p.question()), n=cfg.n, temperature=cfg.temperature, seed=cfg.seed + i)
+            texts = [c.message.content or "" for c in r.choices]
+            oks = [arith.is_correct(t, p.answer) for t in texts]
+            row: dict[str, Any] = {"ok": oks}
+            if all(oks) or not any(oks):
+                return row
+            right, wrong = texts[oks.index(True)], texts[oks.index(False)]
+            verdicts = await asyncio.gather(*(
+                ask(arith.judge_prompt(p.question(), *pair), temperature=0.0, logprobs=True, top_logprobs=20)
+                for pair in ((right, wrong), (wrong, right))))
+            texts = [v.choices[0].message.content or "" for v in verdicts]
+            margins = [verdict_margin(v.choices[0].logprobs) for v in verdicts]
+            row["text"] = [arith.extract_winner(t) == w for t, w in zip(texts, ("Solution 1", "Solution 2"))]
+            if None not in margins:
+                row["logprob"] = (margins[0] - margins[1]) / 2 > 0  # for the correct sample, both orders
+            return row
+
+        t0 = time.time()
+        rows = await tqdm.gather(*(one(i, p) for i, p in enumerate(problems)), desc="p_gen, p_comp")
+    judged = [r for r in rows if "text" in r]
+    scored = [r for r in judged if "logprob" in r]
+    return {"config": asdict(cfg), "model": model, "problems": len(rows), "wall_s": round(time.time() - t0, 1),
+            "p_gen": sum(sum(r["ok"]) for r in rows) / sum(len(r["ok"]) for r in rows),
+            f"pass@{cfg.n}": sum(any(r["ok"]) for r in rows) / len(rows), "pairs": len(judged),
+            "p_comp_text": sum(sum(r["text"]) for r in judged) / max(1, 2 * len(judged)),
+            "p_comp_text_by_order": [sum(r["text"][k] for r in judged) / max(1, len(judged)) for k in (0, 1)],
+            "p_comp_logprob": sum(r["logprob"] for r in scored) / max(1, len(scored))}
+
+
 async def evaluate(cfg: EvalConfig) -> dict[str, Any]:
+    if cfg.format == "pairs":
+        return await pairs(cfg)
     todo = items(cfg)
     strategy = {"name": cfg.strategy, **cfg.params}
     sem = asyncio.Semaphore(cfg.concurrency)
@@ -167,6 +232,18 @@ async def evaluate(cfg: EvalConfig) -> dict[str, Any]:
 
 def summary(rec: dict[str, Any]) -> str:
     c = rec["config"]
+    if c["format"] == "pairs":
+        from ponder.strategies.tournament import failure_bound
+
+        passk = rec[f"pass@{c['n']}"]
+        line = (f"pairs T={c['temperature']} n={c['n']} on {rec['problems']}: p_gen {rec['p_gen']:.3f}, "
+                f"pass@{c['n']} {passk:.3f}; on {rec['pairs']} (correct, incorrect) pairs "
+                f"p_comp text {rec['p_comp_text']:.3f} (correct first {rec['p_comp_text_by_order'][0]:.3f}, "
+                f"second {rec['p_comp_text_by_order'][1]:.3f}), logprob {rec['p_comp_logprob']:.3f}")
+        for mode in ("text", "logprob"):
+            bound = failure_bound(rec["p_gen"], rec[f"p_comp_{mode}"], 8, 2)
+            line += f"; tournament N=8 K=2 failure bound ({mode}) {bound:.3f}"
+        return line
     lo, hi = rec["ci95"]
     line = (f"{c['format']} {c['strategy']} {json.dumps(c['params'])} T={c['temperature']}: "
             f"accuracy {rec['accuracy']:.3f} [{lo:.3f}, {hi:.3f}] on {rec['problems']}")

@@ -14,7 +14,8 @@ def test_sync_client_lists_strategies_and_reads_the_trace(server):
         assert {"direct", "self_consistency", "tournament", "reverse_verify", "critical_tokens"} <= names
         r = c.chat(Q, strategy={"name": "tournament", "n": 4}, return_trace=True, temperature=0.8, seed=3,
                    max_tokens=200)
-        assert r.strategy == "tournament" and r.engine_calls >= 4 and r.trace["winner"] == r.info["winner"]
+        assert r.strategy == "tournament" and r.trace["winner"] == r.info["winner"]
+        assert r.engine_calls == 4 + r.info["judge_calls"]
         assert r.reasoning_tokens > 0
         with pytest.raises(PonderError) as e:
             c.chat(Q, strategy="nope")

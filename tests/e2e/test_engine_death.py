@@ -26,7 +26,11 @@ async def test_over_capacity_is_429(fragile):
     slow = asyncio.ensure_future(c.chat.completions.create(  # five sequential judge rounds: seconds
         model=MODEL, messages=MSG, max_tokens=128, temperature=1.0,
         extra_body={"strategy": {"name": "tournament", "n": 32, "k": 4, "judge_same_answer": True}}))
-    await asyncio.sleep(0.5)
+    for _ in range(600):  # until the slow request holds the one slot
+        if fragile.metric("ponder_requests_in_flight") >= 1 or slow.done():
+            break
+        await asyncio.sleep(0.05)
+    assert not slow.done()
     with pytest.raises(openai.RateLimitError):
         await c.chat.completions.create(model=MODEL, messages=MSG, max_tokens=8)
     assert (await slow).choices[0].message.content

@@ -61,9 +61,9 @@ async def test_three_ways_to_choose_a_strategy_agree(tok):
     ({"model": "fake", "messages": MSG, "strategy": {"name": "tournament", "n": 99}}, 400, "n"),
     ({"model": "fake", "messages": MSG, "max_tokens": 500}, 400, "max_tokens"),
     ({"model": "fake", "messages": [{"role": "user", "content": "word " * 400}]}, 400, "messages"),
-    ({"model": "fake", "messages": MSG, "strategy": "nope"}, 400, "strategy"),
-    ({"model": "fake", "messages": MSG, "strategy": {"name": "tournament", "x": 1}}, 400, "strategy"),
-    ({"model": "fake", "messages": MSG, "strategy": {"name": "tournament", "k": "two"}}, 400, "strategy"),
+    ({"model": "fake", "messages": MSG, "strategy": "nope"}, 400, "strategy.name"),
+    ({"model": "fake", "messages": MSG, "strategy": {"name": "tournament", "x": 1}}, 400, "strategy.x"),
+    ({"model": "fake", "messages": MSG, "strategy": {"name": "tournament", "k": "two"}}, 400, "strategy.k"),
     ({"model": "fake", "messages": MSG, "temperature": 7}, 400, "temperature"),
     ({"model": "fake", "messages": MSG, "unknown_field": 1}, 400, "unknown_field"),
     ({"model": "fake", "messages": "hi"}, 400, "messages"),
@@ -160,7 +160,6 @@ async def test_streaming_direct_n2_completions(engine):
 
 async def test_engine_error_mid_stream_is_an_error_chunk(engine):
     async with client(engine) as c:
-        engine.dead = False
         first = c.post("/v1/chat/completions", json={"model": "fake", "messages": MSG, "stream": True})
         engine.reply = lambda *a: (_ for _ in ()).throw(RuntimeError("boom"))
         r = await first
@@ -169,14 +168,22 @@ async def test_engine_error_mid_stream_is_an_error_chunk(engine):
 
 
 class Disconnecting:
-    """A starlette Request stand-in whose client leaves after `after` seconds."""
+    """A starlette Request stand-in whose client leaves when `left` is set."""
 
-    def __init__(self, after: float):
-        self.after = after
+    def __init__(self):
+        self.left = asyncio.Event()
 
     async def receive(self):
-        await asyncio.sleep(self.after)
+        await self.left.wait()
         return {"type": "http.disconnect"}
+
+
+async def until(condition, timeout: float = 5.0) -> None:
+    """Poll `condition` until it holds; fail after `timeout` seconds."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.01)
 
 
 async def test_disconnect_cancels_every_engine_call(tok):
@@ -185,9 +192,10 @@ async def test_disconnect_cancels_every_engine_call(tok):
     engine = FakeEngine(tok, reply, delay=5.0)
     serving = OpenAIServing([engine], Limits())
     req = ChatCompletionRequest(model="fake", messages=MSG, strategy={"name": "self_consistency", "n": 6})
-    task = asyncio.ensure_future(serving.handle(req, Disconnecting(0.2)))
-    await asyncio.sleep(0.1)
-    assert engine.num_unfinished() == 6
+    client = Disconnecting()
+    task = asyncio.ensure_future(serving.handle(req, client))
+    await until(lambda: engine.num_unfinished() == 6)
+    client.left.set()
     with pytest.raises(asyncio.CancelledError):
         await task
     assert engine.num_unfinished() == 0 and serving.in_flight == 0

@@ -8,7 +8,7 @@ from ponder.strategies import critical_tokens as ct
 from ponder.strategies import reverse_verify as rv
 from ponder.strategies import tournament as tm
 from ponder.strategies.answers import extract_answer, vote
-from ponder.strategies.base import Context, Query
+from ponder.strategies.base import Candidate, Context, Query
 from ponder.strategies.engine import SamplingSpec, TokenLogprob
 from tests.fake_engine import FakeEngine
 
@@ -25,10 +25,23 @@ def test_registry_resolves_and_rejects():
 
 
 def test_budget_counts_judges_and_nested_samplers():
-    s, p = strategies.resolve({"name": "tournament", "n": 8, "k": 2, "judge_max_tokens": 100})
-    assert strategies.budget(s, p, 50) == 8 * 50 + 7 * 2 * 100
-    s, p = strategies.resolve({"name": "self_consistency", "n": 3, "sampler": {"name": "critical_tokens", "n": 2}})
-    assert strategies.budget(s, p, 10) == 3 * (2 * 10 * 2)
+    _, p = strategies.resolve({"name": "tournament", "n": 8, "k": 2, "judge_max_tokens": 100})
+    assert strategies.budget(p, 50) == 8 * 50 + 7 * 2 * 100
+    _, p = strategies.resolve({"name": "self_consistency", "n": 3, "sampler": {"name": "critical_tokens", "n": 2}})
+    assert strategies.budget(p, 10) == 3 * (2 * 10 * 2)
+    assert strategies.samples(p) == 6
+
+
+@pytest.mark.parametrize("n,m", [(2, 1), (3, 5), (4, 2), (5, 2), (6, 2), (6, 3), (7, 3), (10, 1)])
+def test_league_pairs_closed_form_matches_enumeration(n, m):
+    assert tm.Params(n=n, m=m, league=True).pairs_played() == len(tm.league_pairs(n, m))
+
+
+def test_every_strategy_declares_its_cost():
+    for s in strategies.STRATEGIES.values():
+        p = s.Params()
+        assert p.budget(10) >= 10 and p.samples() >= 1
+        assert s.schema()["additionalProperties"] is False
 
 
 def test_answers_and_vote():
@@ -171,7 +184,7 @@ async def test_reverse_verify_prefers_the_verified_answer(tok):
 
 async def test_composition_runs_the_sampler_per_candidate(tok):
     res, ctx, _ = await run(tok, "tournament", n=4, sampler={"name": "self_consistency", "n": 3})
-    assert len(res.trace["samplers"]) == 4 and ctx.calls >= 12
+    assert len(res.trace["samplers"]) == 4 and ctx.calls == 4 * 3 + res.info["judge_calls"]
 
 
 async def test_critical_tokens_masks_inside_the_engine(tok):
@@ -195,3 +208,33 @@ async def test_critical_tokens_masks_inside_the_engine(tok):
         assert chain[0]["critical"]["position"] == 2
         assert masked == ((0, first[2]),)  # banned at the first new position...
         assert prompt.endswith(tok.decode(first[:2]))  # ...after the prefix before it
+
+
+async def test_logprob_judge_cancels_a_position_bias(tok):
+    """A judge that always writes "Solution 1" and leans 3 nats to it, but 1 nat to the right answer:
+    text mode ties every pair; logprob mode picks the right one in either order."""
+    engine = scripted(tok)
+    engine.reply = lambda prompt, spec, model: "P: 3 + 4 = 7, says 7, ok\nWinner: Solution 1"
+    one, two = (tok.encode(f"Winner: Solution {d}", add_special_tokens=False) for d in (1, 2))
+
+    async def score(prompt, continuation, rid, *, model=None, top_logprobs=0):
+        first = tok.decode(list(prompt)).split("Solution 1:\n")[1].split("Solution 2:")[0]
+        margin = 3.0 + (1.0 if "Answer: 7" in first else -1.0)
+        out = [lp(t, {t: -0.1}) for t in continuation[:-1]]
+        return out + [lp(one[-1], {one[-1]: -0.1, two[-1]: -0.1 - margin})]
+
+    engine.score = score
+    ctx = Context(lambda m: (engine, None), "req")
+    q = query(ctx, engine)
+    cands = [Candidate(t, tuple(tok.encode(t, add_special_tokens=False)), None, "stop")
+             for t in ("3 + 4 = 7\nAnswer: 7", "3 + 4 = 8\nAnswer: 8")]
+    answers = ["7", "8"]
+    for mode, expect in (("logprob", (0, 0)), ("text", None)):
+        judge = tm._Judge(ctx, q, tm.Params(n=2, k=2, judge=mode), cands)
+        games = [await judge.play(0, 1, answers), await judge.play(1, 0, answers)]
+        if expect is None:
+            assert [g["score"] for g in games] == [(1.0, 1.0), (1.0, 1.0)]  # a tie: the coin decides
+        else:
+            winners = tuple(tm.decide(g["a"], g["b"], g["score"], random.Random(0)) for g in games)
+            assert winners == expect
+            assert games[0]["margin"] == pytest.approx(1.0) and games[1]["margin"] == pytest.approx(-1.0)
