@@ -16,7 +16,7 @@
    wrapper maps LoRA logits per request, not per prompt token), and scoring is
    all prompt log-probs. At 3.6M parameters a merged copy costs 14 MB.
 
-The token-level DPO of cDPO (training on the critical tokens) is a later stage.
+Stage 2, token-level DPO weighted by these models' critical tokens, is trainers/dpo.py.
 """
 
 from __future__ import annotations
@@ -65,19 +65,18 @@ class ContrastConfig:
 async def sample(cfg: ContrastConfig) -> list[dict]:
     """Trajectories of the base model on training problems, each marked correct or not."""
     from ponder.server.engine.vllm_engine import VllmConfig, VllmEngine
-    from ponder.strategies.engine import SamplingSpec, collect
+    from ponder.strategies.engine import SamplingSpec, collect, render_chat
 
     engine = VllmEngine(VllmConfig(model=cfg.base))
     tok = engine.tokenizer
     problems = arith.dataset("train", cfg.problems, seed=cfg.seed + 1)
     try:
         async def one(i: int, p: arith.Problem, j: int) -> dict:
-            text = tok.apply_chat_template([{"role": "user", "content": arith.forward_prompt(p.question())}],
-                                           tokenize=False, add_generation_prompt=True)
-            ids = tok.encode(text, add_special_tokens=False)
+            ids = render_chat(tok, [{"role": "user", "content": arith.forward_prompt(p.question())}])
             spec = SamplingSpec(max_tokens=256, temperature=cfg.temperature, seed=cfg.seed * 1_000_003 + i * 64 + j)
             out = await collect(engine.generate(list(ids), spec, f"cdpo-{i}-{j}", stream=False))
-            return {"question": p.question(), "text": out.text, "correct": arith.is_correct(out.text, p.answer)}
+            return {"question": p.question(), "text": out.text, "token_ids": list(out.token_ids),
+                    "correct": arith.is_correct(out.text, p.answer)}
 
         jobs = [one(i, p, j) for i, p in enumerate(problems) for j in range(cfg.samples)]
         from tqdm.asyncio import tqdm as atqdm
