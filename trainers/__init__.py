@@ -2,7 +2,8 @@
 
     ponder train pretrain --out models/ponder-tiny
     ponder train cdpo-contrast --base models/ponder-tiny
-    ponder train cdpo --base models/ponder-tiny --pos models/ponder-tiny-pos --neg models/ponder-tiny-neg --out runs/cdpo
+    ponder train cdpo --base models/ponder-tiny --pos models/ponder-tiny-pos --neg models/ponder-tiny-neg \
+        --out runs/cdpo
 """
 
 from __future__ import annotations

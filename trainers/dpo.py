@@ -225,7 +225,8 @@ def train(cfg: DPOConfig, pairs: list[dict] | None = None) -> dict:
                                                     "log": log, "seconds": time.time() - t0}, d / "state.pt"))
     changed = sum(int(not torch.equal(p.detach(), b)) for p, b in zip(trainable, before))
     merged = policy.merge_and_unload() if cfg.lora_rank else policy
-    record = {"config": asdict(cfg), "pairs": len(pairs), "steps": len(steps), "train_seconds": round(time.time() - t0, 1),
+    record = {"config": asdict(cfg), "pairs": len(pairs), "steps": len(steps),
+              "train_seconds": round(time.time() - t0, 1),
               "loss_first": log[0]["loss"], "loss_last_10": sum(r["loss"] for r in log[-10:]) / len(log[-10:]),
               "margin_first": log[0]["margin"], "margin_last_10": sum(r["margin"] for r in log[-10:]) / len(log[-10:]),
               "tensors_changed": changed, "tensors_trained": len(trainable)}
