@@ -4,14 +4,17 @@
     ponder train cdpo-contrast --base models/ponder-tiny
     ponder train cdpo --base models/ponder-tiny --pos models/ponder-tiny-pos --neg models/ponder-tiny-neg \
         --out runs/cdpo
+    ponder train revthink-data --teacher-base-url URL --teacher-model NAME --out runs/revthink
+    ponder train revthink --data runs/revthink --student PATH --out runs/revthink-student
 """
 
 from __future__ import annotations
 
 import sys
 
-COMMANDS = {"pretrain": "ponder.trainers.pretrain", "cdpo-contrast": "ponder.trainers.cdpo",
-            "cdpo": "ponder.trainers.dpo"}
+COMMANDS = {"pretrain": "ponder.trainers.pretrain:main", "cdpo-contrast": "ponder.trainers.cdpo:main",
+            "cdpo": "ponder.trainers.dpo:main", "revthink-data": "ponder.trainers.revthink:main_data",
+            "revthink": "ponder.trainers.revthink:main"}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -20,4 +23,5 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"usage: ponder train {{{','.join(COMMANDS)}}} [options]")
     import importlib
 
-    importlib.import_module(COMMANDS[argv[0]]).main(argv[1:])
+    module, _, function = COMMANDS[argv[0]].partition(":")
+    getattr(importlib.import_module(module), function)(argv[1:])
