@@ -29,6 +29,7 @@ import asyncio
 import json
 import random
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -126,7 +127,7 @@ async def ask_teacher(cfg: DataConfig) -> dict:
     (out / "kept.jsonl").write_text("".join(json.dumps(k) + "\n" for k in kept))
     (out / "dropped.jsonl").write_text("".join(json.dumps(d) + "\n" for d in dropped))
     record = {"config": asdict(cfg), "asked": len(done), "kept": len(kept), "yield": len(kept) / max(1, len(done)),
-              "dropped_by_reason": {r: sum(d["dropped"] == r for d in dropped) for r in {d["dropped"] for d in dropped}},
+              "dropped_by_reason": dict(Counter(d["dropped"] for d in dropped)),
               "teacher_tokens_this_run": usage}
     (out / "record.json").write_text(json.dumps(record, indent=2) + "\n")
     return record
