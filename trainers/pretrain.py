@@ -6,6 +6,12 @@ Every step draws a fresh batch from the task generator (seeded by step, so a
 resumed run sees exactly the batches it would have seen), mixes the four
 formats, and takes the loss on the assistant reply only. Checkpoints are
 written atomically (tmp folder + rename) and training resumes from the last one.
+
+Data parallel under torchrun (trainers/distributed.py): every rank draws the
+step's whole batch and trains on every world-th micro-batch of it, so the
+global batch is the one-process batch and a checkpoint resumes on any number
+of ranks. `--optimizer adamw` all-reduces gradients (DDP); `--optimizer demo`
+(trainers/demo.py) exchanges only the top-k DCT components of the momentum.
 """
 
 from __future__ import annotations
@@ -17,14 +23,18 @@ import random
 import shutil
 import time
 from collections.abc import Iterator
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from ponder.tasks import arith
+from ponder.trainers import distributed
+from ponder.trainers.demo import DeMo
 from ponder.trainers.tokenizer import END, build_tokenizer, encode_example
 
 IGNORE = -100
@@ -78,10 +88,10 @@ class PretrainConfig:
     steps: int = field(default=3600, metadata={"help": "optimizer steps"})
     batch_size: int = field(default=32, metadata={"help": "examples per step"})
     micro_batch: int = field(default=4, metadata={"help": "examples per forward pass (sorted by length)"})
-    lr: float = field(default=1.5e-3, metadata={"help": "peak learning rate (AdamW)"})
+    lr: float = field(default=1.5e-3, metadata={"help": "peak learning rate"})
     min_lr_ratio: float = field(default=0.1, metadata={"help": "cosine floor as a fraction of lr"})
     warmup: int = field(default=200, metadata={"help": "linear warm-up steps"})
-    weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay"})
+    weight_decay: float = field(default=0.1, metadata={"help": "decoupled weight decay of the matrices"})
     mix: str = field(default="forward=0.3,judge=0.3,backward=0.3,backward_question=0.1",
                      metadata={"help": "format=weight,... sampling mix of the task formats"})
     max_steps_per_problem: int = field(default=5, metadata={"help": "task difficulty: longest chain"})
@@ -93,6 +103,14 @@ class PretrainConfig:
     device: str = field(default="cpu", metadata={"help": "cpu or cuda"})
     bf16: bool = field(default=True, metadata={"help": "bf16 autocast (1.4x faster on AVX512-BF16 CPUs)"})
     compile: bool = field(default=True, metadata={"help": "torch.compile the forward (1.3x on CPU, ~1 min to compile)"})
+    optimizer: str = field(default="adamw", metadata={
+        "help": "adamw (betas 0.9, 0.95; DDP all-reduces gradients) or demo (DeMo: ranks exchange only the "
+                "top-k DCT components of their momentum; PAPERS.md section 5)"})
+    demo_beta: float = field(default=0.999, metadata={"help": "DeMo: momentum decay (the paper's compression decay)"})
+    demo_chunk: int = field(default=64, metadata={"help": "DeMo: largest DCT chunk side (chunks of <= 64 x 64)"})
+    demo_topk: int = field(default=32, metadata={"help": "DeMo: DCT coefficients each rank sends per chunk"})
+    metrics: str = field(default="", metadata={
+        "help": "optional JSON-lines file (rank 0 appends): step, loss, lr and bytes sent, one line per step"})
 
     def __post_init__(self) -> None:
         ModelPreset.from_name(self.preset)
@@ -101,6 +119,10 @@ class PretrainConfig:
             raise ValueError("mix needs positive weights")
         if self.warmup >= self.steps:
             raise ValueError("warmup must be shorter than steps")
+        if self.optimizer not in ("adamw", "demo"):
+            raise ValueError(f"optimizer must be adamw or demo, got {self.optimizer!r}")
+        if not 0 <= self.demo_beta < 1 or self.demo_chunk < 1 or self.demo_topk < 1:
+            raise ValueError("demo_beta must be in [0, 1); demo_chunk and demo_topk positive")
 
     def mixture(self) -> dict[str, float]:
         out = {}
@@ -156,19 +178,30 @@ def collate(rows: list[tuple[list[int], int]], pad_id: int,
     return batches
 
 
-def batch_loss(model, batches, cfg) -> float:
+def count_targets(batches) -> int:
+    """Tokens that carry a loss (labels shift by one inside the model)."""
+    return sum(int((labels[:, 1:] != IGNORE).sum()) for _, _, labels in batches)
+
+
+def batch_loss(model, batches, cfg, n_total: int | None = None, grad_scale: float = 1.0) -> float:
     """Backward over the micro-batches; returns the mean loss per target token.
 
     `cfg` needs `device` and `bf16` (PretrainConfig and the cDPO config have both).
+    Data parallel: `batches` is this rank's share of the step, `n_total` the target tokens of the
+    whole step and `grad_scale` the world size, which DDP's gradient mean divides by again, so the
+    synced gradient is the one-process gradient; the return value is this rank's share of the
+    step's loss (the ranks' values add up to it). Under DDP only the last micro-batch syncs.
     """
-    n_total = sum(int((labels[:, 1:] != IGNORE).sum()) for _, _, labels in batches)
+    n_total = count_targets(batches) if n_total is None else n_total
     total = 0.0
-    for ids, mask, labels in batches:
+    for i, (ids, mask, labels) in enumerate(batches):
         ids, mask, labels = ids.to(cfg.device), mask.to(cfg.device), labels.to(cfg.device)
         n = int((labels[:, 1:] != IGNORE).sum())
-        with torch.autocast(torch.device(cfg.device).type, dtype=torch.bfloat16, enabled=cfg.bf16):
-            loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss * (n / n_total)
-        loss.backward()
+        last = i == len(batches) - 1
+        with nullcontext() if last or not isinstance(model, DistributedDataParallel) else model.no_sync():
+            with torch.autocast(torch.device(cfg.device).type, dtype=torch.bfloat16, enabled=cfg.bf16):
+                loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss * (n / n_total)
+            (loss if grad_scale == 1 else loss * grad_scale).backward()
         total += loss.item()
     return total
 
@@ -186,30 +219,55 @@ def save_atomic(folder: Path, write) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def make_optimizer(model: LlamaForCausalLM, cfg: PretrainConfig) -> torch.optim.Optimizer:
+    """Weight decay on the matrices only; AdamW or DeMo by cfg.optimizer."""
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if cfg.optimizer == "demo":
+        return DeMo(groups, lr=cfg.lr, beta=cfg.demo_beta, chunk=cfg.demo_chunk, topk=cfg.demo_topk)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95))
+
+
 def train(cfg: PretrainConfig) -> Path:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    rank = distributed.setup(cfg.device)
+    try:
+        return _train(cfg, rank)
+    finally:
+        distributed.close()
+
+
+def _train(cfg: PretrainConfig, rank: distributed.Rank) -> Path:
     out = Path(cfg.out)
     ckpt = out / "checkpoint"
     torch.manual_seed(cfg.seed)
     if (ckpt / "state.pt").exists():
         tok = PreTrainedTokenizerFast.from_pretrained(ckpt)
         model = LlamaForCausalLM.from_pretrained(ckpt, dtype=torch.float32)
-        state = torch.load(ckpt / "state.pt", weights_only=False)
+        state = torch.load(ckpt / "state.pt", weights_only=False, map_location="cpu")
         start, spent = state["step"], state["seconds"]
-        print(f"resuming from {ckpt} at step {start}")
+        if state.get("optimizer_name", "adamw") != cfg.optimizer:  # key absent: written by AdamW
+            raise ValueError(f"{ckpt} was written by {state.get('optimizer_name', 'adamw')}, not {cfg.optimizer}")
+        if rank.main:
+            print(f"resuming from {ckpt} at step {start}")
     else:
         tok = build_tokenizer(cfg.vocab_size, seed=cfg.seed)
         model = LlamaForCausalLM(ModelPreset.from_name(cfg.preset).llama_config(tok))
         state, start, spent = None, 0, 0.0
+    rank.check_same("the step to start from", start)
+    n_micro = math.ceil(cfg.batch_size / cfg.micro_batch)
+    if rank.world > n_micro:
+        raise ValueError(f"{rank.world} ranks but {n_micro} micro-batches per step: every rank needs one")
     model.to(cfg.device)
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"config: {json.dumps(asdict(cfg))}\nparameters: {n_params:,}")
+    if rank.main:
+        print(f"config: {json.dumps(asdict(cfg))}\nparameters: {n_params:,}")
+        if rank.world > 1:
+            print(f"data parallel: {rank.world} ranks, {n_micro} micro-batches per step shared among them")
 
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95))
+    opt = make_optimizer(model, cfg)
     if state is not None:
         opt.load_state_dict(state["optimizer"])
     # The problem stream is replayed up to `start` so resumed batches match.
@@ -218,36 +276,68 @@ def train(cfg: PretrainConfig) -> Path:
         next(stream)
 
     def checkpoint(step: int, losses: list[float]) -> None:
+        # DeMo's residual momentum differs per rank: the checkpoint keeps its mean (a collective)
+        opt_state = opt.averaged_state_dict() if isinstance(opt, DeMo) else opt.state_dict()
+        extra = {} if cfg.optimizer == "adamw" else {"optimizer_name": cfg.optimizer}
+
         def write(d: Path) -> None:
             model.save_pretrained(d)
             tok.save_pretrained(d)
-            torch.save({"step": step, "optimizer": opt.state_dict(), "losses": losses,
-                        "seconds": spent + time.time() - t0}, d / "state.pt")
-        save_atomic(ckpt, write)
+            torch.save({"step": step, "optimizer": opt_state, "losses": losses,
+                        "seconds": spent + time.time() - t0, **extra}, d / "state.pt")
+        if rank.main:
+            save_atomic(ckpt, write)
+        rank.barrier()
 
     losses: list[float] = state["losses"] if state else []
     model.train()
     if cfg.compile:
         model.forward = torch.compile(model.forward, dynamic=True)
+    net = model
+    if rank.distributed and cfg.optimizer == "adamw":
+        net = DistributedDataParallel(model, device_ids=[rank.local] if torch.device(cfg.device).type == "cuda"
+                                      else None)  # also broadcasts rank 0's weights
+    elif rank.distributed:
+        rank.broadcast(list(model.state_dict().values()))  # DeMo needs no DDP; start from rank 0's weights
+    # Bytes each rank puts into the step's collective: DDP all-reduces every gradient; DeMo all-gathers
+    # its chosen DCT indices and values. (On two ranks this is also what a ring sends per rank.)
+    grad_bytes = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    sent_total = 0
     t0 = time.time()
-    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="pretrain")
+    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="pretrain", disable=not rank.main)
     for step in bar:
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg)
         opt.zero_grad(set_to_none=True)
-        losses.append(batch_loss(model, make_batch(step, cfg, tok, stream), cfg))
+        batches = make_batch(step, cfg, tok, stream)
+        # each rank trains on every world-th micro-batch; the sum over ranks is the one-process loss
+        losses.append(rank.sum(batch_loss(net, batches[rank.rank :: rank.world], cfg,
+                                          n_total=count_targets(batches), grad_scale=rank.world)))
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}", lr=f"{lr_at(step, cfg):.2e}")
+        sent = 0 if rank.world == 1 else opt.bytes_sent if isinstance(opt, DeMo) else grad_bytes
+        sent_total += sent
+        postfix = {"loss": f"{sum(losses[-50:]) / len(losses[-50:]):.4f}", "lr": f"{lr_at(step, cfg):.2e}"}
+        if rank.world > 1:
+            postfix["sent"] = f"{sent / 1e6:.3g}MB"
+        bar.set_postfix(**postfix)
+        if cfg.metrics and rank.main:
+            with open(cfg.metrics, "a") as f:
+                f.write(json.dumps({"step": step, "loss": losses[-1], "lr": lr_at(step, cfg), "bytes_sent": sent,
+                                    "seconds": round(time.time() - t0, 3)}) + "\n")
         if (step + 1) % cfg.ckpt_every == 0 and step + 1 < cfg.steps:
             checkpoint(step + 1, losses)
-    export(model, tok, out, cfg, losses, spent + time.time() - t0)
-    shutil.rmtree(ckpt, ignore_errors=True)
+    if rank.main:
+        traffic = {"optimizer": cfg.optimizer, "world_size": rank.world,
+                   "bytes_sent_per_step": sent_total / max(1, cfg.steps - start)}
+        export(model, tok, out, cfg, losses, spent + time.time() - t0, traffic)
+        shutil.rmtree(ckpt, ignore_errors=True)
+    rank.barrier()
     return out
 
 
 def export(model: LlamaForCausalLM, tok: PreTrainedTokenizerFast, out: Path,
-           cfg: PretrainConfig, losses: list[float], seconds: float) -> None:
+           cfg: PretrainConfig, losses: list[float], seconds: float, traffic: dict | None = None) -> None:
     """The servable folder: config, safetensors, tokenizer, generation config."""
     model.generation_config = GenerationConfig(
         eos_token_id=tok.convert_tokens_to_ids(END), pad_token_id=tok.pad_token_id,
@@ -257,7 +347,7 @@ def export(model: LlamaForCausalLM, tok: PreTrainedTokenizerFast, out: Path,
     record = {"config": asdict(cfg), "train_seconds": round(seconds, 1),
               "parameters": sum(p.numel() for p in model.parameters()),
               "loss_first_50": sum(losses[:50]) / max(1, len(losses[:50])),
-              "loss_last_50": sum(losses[-50:]) / max(1, len(losses[-50:]))}
+              "loss_last_50": sum(losses[-50:]) / max(1, len(losses[-50:])), **(traffic or {})}
     (out / "train_record.json").write_text(json.dumps(record, indent=2) + "\n")
     os.sync()
 

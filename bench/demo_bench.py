@@ -1,0 +1,149 @@
+"""AdamW+DDP vs DeMo: data-parallel pretraining of the default model on 2 gloo ranks x 1 thread.
+
+    python bench/demo_bench.py --out runs/demo_bench            # the comparison: hours on 2 cores
+    python bench/demo_bench.py --out /tmp/demo_smoke --preset micro --steps 5 --warmup 1 \\
+        --problems 8 --val-batches 1 --no-compile                # a smoke run
+
+Each run is `torchrun --standalone --nproc-per-node 2 -m ponder.trainers.pretrain --threads 1` with
+the default recipe (same steps, same batches, so the same tokens) and one optimizer: AdamW with DDP's
+gradient all-reduce, or DeMo at each --topks. Then, on the exported model: validation loss (the
+training mix on held-out problems), greedy accuracy on --problems test problems (HF generate), the
+bytes each rank sent per step, wall time. Writes results.json and loss_curves.png under --out; a
+finished run is not trained again, an interrupted one resumes from its checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from ponder.tasks import arith
+from ponder.trainers.pretrain import PretrainConfig, count_targets, make_batch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from pretrain_sweep import generate  # noqa: E402  (bench/ is not a package)
+
+
+def train(name: str, out: Path, args: argparse.Namespace, extra: list[str]) -> float:
+    """One torchrun job; returns its wall seconds (0 when the model was already there)."""
+    if (out / name / "train_record.json").exists():
+        return 0.0
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.nproc}",
+           "-m", "ponder.trainers.pretrain", "--out", str(out / name), "--threads", "1",
+           "--preset", args.preset, "--steps", str(args.steps), "--warmup", str(args.warmup),
+           "--compile", str(args.compile), "--metrics", str(out / f"{name}.metrics.jsonl"), *extra]
+    print(" ".join(cmd), flush=True)
+    t0 = time.time()
+    subprocess.run(cmd, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return time.time() - t0
+
+
+@torch.no_grad()
+def val_loss(model, tok, cfg: PretrainConfig, n_batches: int) -> float:
+    """Mean loss per target token over n_batches steps' worth of validation problems, in the training mix."""
+    stream = arith.problems("val", seed=cfg.seed, cfg=cfg.task())
+    total = n = 0.0
+    for step in range(n_batches):
+        for ids, mask, labels in make_batch(step, cfg, tok, stream):
+            k = count_targets([(ids, mask, labels)])
+            total += model(input_ids=ids, attention_mask=mask, labels=labels).loss.item() * k
+            n += k
+    return total / n
+
+
+def evaluate(model_dir: Path, args: argparse.Namespace) -> dict:
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = LlamaForCausalLM.from_pretrained(model_dir).eval()
+    cfg = PretrainConfig(**json.loads((model_dir / "train_record.json").read_text())["config"])
+    test = arith.dataset("test", args.problems)
+    texts = generate(model, tok, [arith.forward_prompt(p.question()) for p in test], batch=64)
+    return {"val_loss": val_loss(model, tok, cfg, args.val_batches),
+            "greedy": sum(arith.is_correct(t, p.answer) for t, p in zip(texts, test)) / len(test)}
+
+
+def curve(path: Path) -> list[dict]:
+    rows = {}
+    for line in path.read_text().splitlines():  # a resumed run logs its last steps twice: keep the latest
+        row = json.loads(line)
+        rows[row["step"]] = row
+    return [rows[s] for s in sorted(rows)]
+
+
+def plot(results: list[dict], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (by_step, by_bytes) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for r in results:
+        rows = curve(out / f"{r['name']}.metrics.jsonl")
+        w = min(50, len(rows))
+        smooth = [sum(x["loss"] for x in rows[max(0, i - w + 1) : i + 1]) / len(rows[max(0, i - w + 1) : i + 1])
+                  for i in range(len(rows))]
+        sent, mb = 0.0, []
+        for x in rows:
+            sent += x["bytes_sent"] / 1e6
+            mb.append(sent)
+        label = f"{r['name']} ({r['bytes_per_step'] / 1e3:,.0f} kB/step)"
+        by_step.plot([x["step"] for x in rows], smooth, label=label)
+        by_bytes.plot(mb, smooth, label=label)
+    by_step.set(xlabel="step", ylabel=f"train loss ({w}-step mean)", yscale="log", title="loss per step")
+    by_bytes.set(xlabel="MB sent per rank (cumulative)", xscale="log", yscale="log", title="loss per byte sent")
+    by_step.legend()
+    fig.tight_layout()
+    fig.savefig(out / "loss_curves.png", dpi=120)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    defaults = PretrainConfig(out="")
+    ap.add_argument("--out", default="runs/demo_bench")
+    ap.add_argument("--preset", default=defaults.preset)
+    ap.add_argument("--steps", type=int, default=defaults.steps)
+    ap.add_argument("--warmup", type=int, default=defaults.warmup)
+    ap.add_argument("--topks", default="32,8", help="DeMo runs: DCT coefficients sent per chunk")
+    ap.add_argument("--demo-lr", type=float, default=defaults.lr, help="DeMo's peak lr (AdamW keeps the default)")
+    ap.add_argument("--nproc", type=int, default=2)
+    ap.add_argument("--problems", type=int, default=300, help="test problems for greedy accuracy")
+    ap.add_argument("--val-batches", type=int, default=16, help="validation steps' worth of examples")
+    ap.add_argument("--no-compile", dest="compile", action="store_false")
+    args = ap.parse_args()
+    torch.set_num_threads(args.nproc)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    runs = {"adamw": ["--optimizer", "adamw"]}
+    for k in args.topks.split(","):
+        runs[f"demo_k{k}"] = ["--optimizer", "demo", "--demo_topk", k, "--lr", str(args.demo_lr)]
+    results = []
+    for name, extra in runs.items():
+        wall = train(name, out, args, extra)
+        record = json.loads((out / name / "train_record.json").read_text())
+        res = {"name": name, "wall_s": round(wall, 1), "train_s": record["train_seconds"],
+               "bytes_per_step": record["bytes_sent_per_step"], "train_loss_last_50": record["loss_last_50"],
+               **evaluate(out / name, args)}
+        print(json.dumps(res), flush=True)
+        results.append(res)
+    base = results[0]
+    for r in results:
+        r["val_loss_vs_adamw"] = r["val_loss"] / base["val_loss"] - 1
+        r["bytes_ratio_adamw_over_this"] = base["bytes_per_step"] / max(1.0, r["bytes_per_step"])
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    plot(results, out)
+    print("demo_bench: " + "; ".join(
+        f"{r['name']} val loss {r['val_loss']:.4f} ({r['val_loss_vs_adamw']:+.1%}), greedy {r['greedy']:.3f}, "
+        f"{r['bytes_per_step'] / 1e3:,.1f} kB/step/rank ({r['bytes_ratio_adamw_over_this']:.0f}x fewer), "
+        f"train {r['train_s']:.0f}s" for r in results))
+
+
+if __name__ == "__main__":
+    main()
