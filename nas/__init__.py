@@ -1,1 +1,36 @@
-"""Puzzle NAS: blockwise distillation, scoring, cost profiling, MIP, DeciLM export (later issues)."""
+"""Puzzle NAS (PAPERS.md section 4): a faster heterogeneous child of a trained parent.
+
+Each step is a command over one run folder, cached on disk and resumable:
+
+    ponder nas space  --parent models/ponder-tiny --run runs/nas   # 1. the menu per layer, parent-initialised
+    ponder nas bld    --run runs/nas                               # 2. blockwise local distillation
+    ponder nas score  --run runs/nas                               # 3. replace-one-block KL (+ accuracy)
+    ponder nas costs  --run runs/nas --batch_size 64               # 4. prefill/decode time per variant on vLLM
+    ponder nas mip    --run runs/nas --speedups 1.25,1.5,2.0       # 5. one variant per sub-block (HiGHS)
+    ponder nas gkd    --run runs/nas --child x1.50                 # 6. global distillation of a child
+    ponder nas export --run runs/nas --child x1.50 --out models/ponder-tiny-puzzle   # 7. DeciLM checkpoint
+"""
+
+from __future__ import annotations
+
+import sys
+
+COMMANDS = {
+    "space": "ponder.nas.space",
+    "bld": "ponder.nas.bld",
+    "score": "ponder.nas.score",
+    "costs": "ponder.nas.costs",
+    "mip": "ponder.nas.mip",
+    "gkd": "ponder.nas.gkd",
+    "export": "ponder.nas.export",
+}
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] not in COMMANDS:
+        print(__doc__)
+        sys.exit(f"usage: ponder nas {{{','.join(COMMANDS)}}} [options]")
+    import importlib
+
+    importlib.import_module(COMMANDS[argv[0]]).main(argv[1:])
