@@ -21,7 +21,8 @@ USAGE = """usage: ponder <command> [options]
 commands:
   serve     OpenAI-compatible server with per-request strategies (ponder serve --help)
   eval      accuracy of a strategy on a built-in task (ponder eval --help)
-  train     train ponder's models: pretrain | cdpo-contrast (ponder train pretrain --help)
+  train     train ponder's models: pretrain | cdpo-contrast | cdpo | revthink-data | revthink
+  nas       Puzzle: a faster heterogeneous child of a model (ponder nas --help)
 """
 
 
@@ -76,13 +77,21 @@ def _server_class():
     return Server
 
 
-def build_engines(cfg: ServeConfig) -> list:
+async def build_engines(cfg: ServeConfig) -> list:
     if cfg.upstream:
-        from ponder.server.engine.remote import RemoteEngine
+        from ponder.server.engine.remote import RemoteEngine, UpstreamError
 
-        return [RemoteEngine(cfg.upstream, cfg.model[0], cfg.tokenizer or cfg.model[0],
-                             adapters=[s.split("=", 1)[0] for s in cfg.lora], api_key=cfg.upstream_api_key,
-                             max_model_len=cfg.max_model_len or 4096)]
+        remote = RemoteEngine(cfg.upstream, cfg.model[0], cfg.tokenizer or cfg.model[0],
+                              adapters=[s.split("=", 1)[0] for s in cfg.lora], api_key=cfg.upstream_api_key,
+                              max_model_len=cfg.max_model_len or 4096,
+                              connections=cfg.upstream_connections or cfg.max_concurrent_requests,
+                              health_interval=cfg.upstream_health_interval)
+        try:
+            await remote.start()
+        except UpstreamError as e:
+            await remote.aclose()
+            raise SystemExit(f"ponder: {e}") from None
+        return [remote]
     from ponder.server.engine.vllm_engine import VllmConfig, VllmEngine
 
     engines = []
@@ -126,7 +135,7 @@ async def serve(cfg: ServeConfig) -> int:
 
     default, efforts = strategy_flags(cfg)
     log.info("reasoning_effort runs: %s", json.dumps(efforts))
-    engines = build_engines(cfg)
+    engines = await build_engines(cfg)
     exit_code = 0
     try:
         serving = OpenAIServing(engines, Limits(max_n=cfg.max_n, max_request_tokens=cfg.max_request_tokens,
@@ -173,6 +182,9 @@ def main(argv: list[str] | None = None) -> None:
         from ponder.trainers import main as train_main
 
         train_main(rest)
+    elif command == "nas":
+        from ponder.nas import main as nas_main
+        nas_main(rest)
     else:
         print(USAGE, file=sys.stderr)
         sys.exit(f"ponder: unknown command {command!r}")

@@ -46,8 +46,14 @@ class ServeConfig:
         "help": "NAME=PATH of a LoRA adapter on the first model (with --upstream: a name the upstreams "
                 "serve); repeatable"})
     upstream: list[str] = field(default_factory=list, metadata={
-        "help": "base URL of an OpenAI-compatible server (e.g. `vllm serve`); repeat to spread load"})
+        "help": "base URL of an OpenAI-compatible server (e.g. `vllm serve`), with or without /v1; repeat to "
+                "spread load (each call goes to the replica with the fewest sequences in flight)"})
     upstream_api_key: str | None = field(default=None, metadata={"help": "API key the upstreams require"})
+    upstream_connections: int | None = field(default=None, metadata={
+        "help": "connections kept open to each upstream (default: --max-concurrent-requests)"})
+    upstream_health_interval: float = field(default=5.0, metadata={
+        "help": "seconds between health checks of each upstream; one that fails them is taken out of routing "
+                "until it passes again"})
     tokenizer: str | None = field(default=None, metadata={
         "help": "tokenizer for --upstream (default: the --model value)"})
     host: str = field(default="0.0.0.0", metadata={"help": "address to bind"})
@@ -86,6 +92,14 @@ class ServeConfig:
             raise ValueError("give one --served-model-name per --model")
         if self.upstream and len(self.model) != 1:
             raise ValueError("--upstream serves exactly one --model (the upstream's model name)")
+        for url in self.upstream:
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"--upstream takes an http:// or https:// base URL, got {url!r}")
+        if self.upstream_connections is not None and self.upstream_connections < 1:
+            raise ValueError("--upstream-connections must be at least 1")
+        if not (math.isfinite(self.upstream_health_interval) and self.upstream_health_interval > 0):
+            raise ValueError(f"--upstream-health-interval must be a finite number of seconds > 0, "
+                             f"got {self.upstream_health_interval}")
         for spec in self.lora:
             if "=" not in spec:
                 raise ValueError(f"--lora takes NAME=PATH, got {spec!r}")

@@ -4,7 +4,8 @@ A strategy is `async def run(ctx, query, params) -> Result`. It reaches engines
 only through its Context, which counts every token and call (for `usage` and
 metrics), reports progress (SSE heartbeats), and renders chat prompts with the
 model's own template. Calls issued together with asyncio.gather are batched by
-vLLM; prompts that share a prefix share vLLM's prefix cache.
+vLLM; prompts that share a prefix share vLLM's prefix cache; n candidates of one
+prompt are one engine call (`Engine.sample`, vLLM's parallel sampling).
 """
 
 from __future__ import annotations
@@ -113,14 +114,25 @@ class Context:
                      sampler: Sampler | None = None) -> tuple[list[Candidate], list[dict]]:
         """n candidates for the query, all issued at once.
 
-        With no sampler they are n plain samples (seeds seed, seed+1, ...). A
-        sampler is another strategy, resolved when the request was validated,
-        run n times; each run's chosen answer is one candidate and its trace is kept.
+        With no sampler they are n plain samples (seeds seed, seed+1, ...) from one
+        engine call: the engine samples them in parallel from one prefill, so the
+        prompt is counted once and the call once. A sampler is another strategy,
+        resolved when the request was validated, run n times; each run's chosen
+        answer is one candidate and its trace is kept.
         """
         if sampler is None:
-            cands = await asyncio.gather(*(self.generate(query.model, query.prompt_ids, seeded(query.spec, i))
-                                           for i in range(n)))
-            return list(cands), []
+            if query.spec.seed is not None and query.spec.seed + n > 2**63:
+                # The engine's seeds would pass int64; seeded() wraps them, one call each.
+                cands = await asyncio.gather(*(self.generate(query.model, query.prompt_ids, seeded(query.spec, i))
+                                               for i in range(n)))
+                return list(cands), []
+            engine, adapter = self.engine(query.model)
+            rid = f"{self.request_id}-{next(self._ids)}"
+            outs = await engine.sample(list(query.prompt_ids), query.spec, n, rid, model=adapter)
+            self.calls += 1
+            self.prompt_tokens += outs[0].prompt_tokens if outs else 0
+            self.completion_tokens += sum(o.completion_tokens for o in outs)
+            return [Candidate(o.text, o.token_ids, o.logprobs, o.finish_reason) for o in outs], []
         from ponder.strategies import STRATEGIES
 
         run = STRATEGIES[sampler.name].run

@@ -98,6 +98,14 @@ class Engine(Protocol):
         """Sample one sequence. stream=True yields deltas; False yields one final Output."""
         ...
 
+    async def sample(self, prompt: Prompt, spec: SamplingSpec, n: int, request_id: str, *,
+                     model: str | None = None) -> list[Output]:
+        """n whole sequences of one prompt in one engine call (vLLM's parallel sampling: one
+        prefill shared by all n). Sample i is what `generate` makes with seed `spec.seed + i`
+        (all unseeded when spec.seed is None). Each Output's prompt_tokens is the prompt's
+        length, which the call spent once; completion_tokens is that sample's own."""
+        ...
+
     async def score(self, prompt: Sequence[int], continuation: Sequence[int], request_id: str, *,
                     model: str | None = None, top_logprobs: int = 0) -> list[TokenLogprob]:
         """Log-probabilities of `continuation` given `prompt`: one prefill, no sampling."""

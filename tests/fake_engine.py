@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable, Sequence
 
-from ponder.strategies.engine import EngineDeadError, ModelCard, Output, SamplingSpec, TokenLogprob
+from ponder.strategies.engine import EngineDeadError, ModelCard, Output, SamplingSpec, TokenLogprob, collect
 
 Reply = Callable[[str, SamplingSpec, "str | None"], str]
 
 
 class FakeEngine:
+    """`calls` has one (prompt, spec, model) per sequence made, with the seed that sequence used;
+    `batches` has one n per engine call (1 for generate), so len(batches) counts engine calls."""
+
     def __init__(self, tokenizer, reply: Reply, name: str = "fake", max_model_len: int = 1024,
                  adapters: Sequence[str] = (), delay: float = 0.0):
         self.tokenizer = tokenizer
@@ -20,6 +23,7 @@ class FakeEngine:
         self.adapters = list(adapters)
         self.delay = delay
         self.calls: list[tuple[str, SamplingSpec, str | None]] = []
+        self.batches: list[int] = []
         self.running: set[str] = set()
         self.dead = False
 
@@ -31,6 +35,20 @@ class FakeEngine:
                        stream: bool = True) -> AsyncIterator[Output]:
         if self.dead:
             raise EngineDeadError("scripted death")
+        self.batches.append(1)
+        async for out in self._one(prompt, spec, request_id, model, stream):
+            yield out
+
+    async def sample(self, prompt, spec: SamplingSpec, n: int, request_id: str, *, model=None) -> list[Output]:
+        """n replies, reply i made with seed + i (like vLLM's parallel sampling), in one call."""
+        if self.dead:
+            raise EngineDeadError("scripted death")
+        self.batches.append(n)
+        specs = [spec if spec.seed is None else spec.replace(seed=spec.seed + i) for i in range(n)]
+        return list(await asyncio.gather(*(collect(self._one(prompt, s, f"{i}_{request_id}", model, False))
+                                           for i, s in enumerate(specs))))
+
+    async def _one(self, prompt, spec: SamplingSpec, request_id: str, model, stream: bool) -> AsyncIterator[Output]:
         text = prompt if isinstance(prompt, str) else self.tokenizer.decode(list(prompt))
         n_prompt = len(prompt) if not isinstance(prompt, str) else len(self.tokenizer.encode(prompt))
         self.calls.append((text, spec, model))
@@ -57,7 +75,7 @@ class FakeEngine:
         return [TokenLogprob(t, self.tokenizer.decode([t]), -1.0) for t in continuation]
 
     async def abort(self, request_id: str) -> None:
-        self.running.discard(request_id)
+        self.running -= {r for r in self.running if r == request_id or r.endswith(f"_{request_id}")}
 
     async def check_health(self) -> None:
         if self.dead:

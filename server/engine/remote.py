@@ -2,19 +2,40 @@
 
 This is how ponder scales out: the strategy layer runs here, generation runs on
 a fleet of vLLM servers (each may itself use tensor or pipeline parallelism).
-Each call goes to the upstream with the fewest calls in flight (round-robin
-among equals). Prompts are sent as token ids (ponder tokenizes with the model's
-own tokenizer), and vLLM's extensions give back token ids (`return_token_ids`),
-prompt log-probabilities (`prompt_logprobs`) and masked positions (`vllm_xargs`,
-for upstreams started with `--logits-processors ponder.server.engine.logits:MaskTokensAtPositions`).
+
+- Routing: each call goes to the healthy replica with the fewest sequences in
+  flight (a call with n samples counts n), round-robin among equals.
+- One pooled client for every call, sized to the fleet (connections per
+  replica x replicas, all kept alive), so a call reuses a connection instead of
+  opening one; keep-alive ends before the upstream's (uvicorn: 5 s) so a reused
+  connection is never one the server is closing.
+- A call that fails before any of its tokens reached the caller (cannot connect,
+  connection dropped, 5xx, 429) is sent once more to another replica (to the same
+  one only after a dropped connection, when it is the only one): sampling has no
+  side effects, and the seed makes the retry's answer the one the first would have
+  given.
+- A background loop checks every replica's /health; a replica that fails it is
+  taken out of routing and put back when it passes again.
+- `start()` checks each URL once: a URL whose /v1/models is 404 (a wrong path),
+  401/403 (a wrong key) or that does not serve the model is a start-up error.
+
+Prompts are sent as token ids (ponder tokenizes with the model's own
+tokenizer), and vLLM's extensions give back token ids (`return_token_ids`, so
+nothing is re-tokenized here), prompt log-probabilities (`prompt_logprobs`) and
+masked positions (`vllm_xargs`, for upstreams started with
+`--logits-processors ponder.server.engine.logits:MaskTokensAtPositions`).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import itertools
 import json
+import logging
 import time
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -31,36 +52,294 @@ from ponder.strategies.engine import (
     TokenLogprob,
 )
 
+log = logging.getLogger("ponder.engine.remote")
+
+KEEPALIVE_EXPIRY = 4.0  # s; under uvicorn's (and so vLLM's) default 5 s keep-alive
+HEALTH_TIMEOUT = 5.0  # s; a loaded upstream on a small machine answers /health slowly
+EJECT_AFTER = 2  # failed health checks in a row that take a replica out (refused: at once)
+# A connection that broke before the answer came: the same replica is worth one more try when
+# it is the only one (a kept-alive connection the server had just closed looks like this).
+DROPPED = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
+# Errors after which the caller has nothing from the upstream: safe to send the call elsewhere.
+RETRYABLE = (httpx.ConnectError, httpx.ConnectTimeout, *DROPPED)
+
+
+class UpstreamError(EngineError):
+    """An upstream URL that can never work as given (wrong path, key or model): a start-up error."""
+
+
+def normalize_url(url: str) -> str:
+    """The server's root: 'http://h:8000/v1/' and 'http://h:8000' are the same upstream."""
+    url = url.strip().rstrip("/")
+    return url[: -len("/v1")] if url.endswith("/v1") else url
+
+
+@dataclass
+class Replica:
+    url: str  # the server's root, without /v1
+    sequences: int = 0  # in flight here; a call with n samples counts n
+    up: bool = True  # taken out of routing while its health checks fail
+    failures: int = 0  # health checks failed in a row
+
+    @property
+    def completions(self) -> str:
+        return self.url + "/v1/completions"
+
 
 class RemoteEngine:
-    def __init__(self, urls: Sequence[str], model: str, tokenizer: str, *, adapters: Sequence[str] = (),
-                 api_key: str | None = None, max_model_len: int = 4096, timeout: float = 600.0):
-        from transformers import AutoTokenizer
-
+    def __init__(self, urls: Sequence[str], model: str, tokenizer: Any, *, adapters: Sequence[str] = (),
+                 api_key: str | None = None, max_model_len: int = 4096, timeout: float = 600.0,
+                 connections: int = 256, health_interval: float = 5.0,
+                 transport: httpx.AsyncBaseTransport | None = None):
+        """`tokenizer`: a name or folder for AutoTokenizer, or a tokenizer. `connections`: kept open
+        to each replica (the CLI passes --upstream-connections, default --max-concurrent-requests).
+        `transport`: for tests (httpx.MockTransport)."""
         if not urls:
             raise ValueError("RemoteEngine needs at least one upstream URL")
+        if isinstance(tokenizer, str):
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(tokenizer)
+        self.tokenizer = tokenizer
+        self.replicas = [Replica(normalize_url(u)) for u in urls]
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self.clients = [httpx.AsyncClient(base_url=u.rstrip("/"), headers=headers, timeout=timeout)
-                        for u in urls]
-        self.in_flight = [0] * len(urls)
+        pool = connections * len(self.replicas)
+        self.client = httpx.AsyncClient(
+            headers=headers, transport=transport, timeout=httpx.Timeout(timeout, connect=10.0),
+            limits=httpx.Limits(max_connections=pool, max_keepalive_connections=pool,
+                                keepalive_expiry=KEEPALIVE_EXPIRY))
+        # Health checks get their own connections: a full pool must not make a replica look dead.
+        self._health_client = httpx.AsyncClient(headers=headers, transport=transport, timeout=HEALTH_TIMEOUT)
+        self.health_interval = health_interval
+        self._watch: asyncio.Task | None = None
         self._turn = itertools.count()
         self.name = model
         self.adapters = list(adapters)  # LoRA names the upstreams serve (vllm serve --lora-modules)
-        self.tokenizer = AutoTokenizer.from_pretrained(tokenizer)
         self.max_model_len = max_model_len
-        self._requests: dict[str, int] = {}
         self.created = int(time.time())
+        self._pieces: dict[int, str] = {}  # token id -> text, for log-probs
 
     def models(self) -> list[ModelCard]:
         base = ModelCard(id=self.name, root=self.name, max_model_len=self.max_model_len, created=self.created)
         return [base] + [ModelCard(id=a, root=a, parent=self.name, max_model_len=self.max_model_len,
                                    created=self.created) for a in self.adapters]
 
-    def _pick(self) -> int:
-        """Least calls in flight; ties broken round-robin."""
+    # ---- lifetime and health ----
+
+    async def start(self) -> None:
+        """Check every upstream once and start the health loop. Raises UpstreamError for a URL
+        that can never work; one that does not answer yet is only taken out until it does."""
+        problems = [p for p in await asyncio.gather(*(self._check_models(r) for r in self.replicas)) if p]
+        if problems:
+            raise UpstreamError("; ".join(problems))
+        self._start_watch()
+
+    async def _check_models(self, r: Replica) -> str | None:
+        url = r.url + "/v1/models"
+        try:
+            resp = await self._health_client.get(url)
+        except httpx.HTTPError as e:
+            log.warning("upstream %s does not answer yet (%s: %s); routing skips it until its /health "
+                        "answers", r.url, type(e).__name__, e)
+            r.up = False
+            return None
+        if resp.status_code == 404:
+            return (f"upstream {r.url}: GET {url} answered 404; is that the server's base URL? "
+                    f"(give it with or without /v1, e.g. http://host:8000 or http://host:8000/v1)")
+        if resp.status_code in (401, 403):
+            return f"upstream {r.url}: GET {url} answered {resp.status_code}; check --upstream-api-key"
+        if resp.status_code != 200:
+            log.warning("upstream %s: GET %s answered %d; routing skips it until its /health answers",
+                        r.url, url, resp.status_code)
+            r.up = False
+            return None
+        try:
+            served = [m["id"] for m in resp.json()["data"]]
+        except (ValueError, KeyError, TypeError):
+            return f"upstream {r.url}: GET {url} did not return an OpenAI model list"
+        if self.name not in served:
+            return f"upstream {r.url} serves {served}, not the model {self.name!r} (--model names it)"
+        return None
+
+    def _start_watch(self) -> None:
+        if self._watch is None:
+            self._watch = asyncio.get_running_loop().create_task(self._watch_health())
+
+    async def _watch_health(self) -> None:
+        while True:
+            await asyncio.sleep(self.health_interval)
+            await self._probe_all()
+
+    async def _probe_all(self) -> None:
+        await asyncio.gather(*(self._probe(r) for r in self.replicas))
+
+    async def _probe(self, r: Replica) -> None:
+        try:
+            ok = (await self._health_client.get(r.url + "/health")).status_code == 200
+            refused = False
+        except httpx.HTTPError as e:
+            ok, refused = False, isinstance(e, httpx.ConnectError)
+        r.failures = 0 if ok else r.failures + 1
+        if ok and not r.up:
+            log.warning("upstream %s passes its health check again: back in routing", r.url)
+            r.up = True
+        elif r.up and (refused or r.failures >= EJECT_AFTER):
+            log.warning("upstream %s failed its health check: taken out of routing", r.url)
+            r.up = False
+
+    async def check_health(self) -> None:
+        if self._watch is None:  # first call (start() was skipped): look now, then keep looking
+            await self._probe_all()
+            self._start_watch()
+        if not any(r.up for r in self.replicas):
+            raise EngineDeadError("no upstream is healthy: " + ", ".join(r.url for r in self.replicas))
+
+    @property
+    def is_dead(self) -> bool:
+        return False  # upstreams may come back; health checks say 503 meanwhile
+
+    def num_unfinished(self) -> int:
+        return sum(r.sequences for r in self.replicas)
+
+    async def aclose(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch
+        await self.client.aclose()
+        await self._health_client.aclose()
+
+    # ---- routing ----
+
+    def _pick(self, exclude: Replica | None = None) -> Replica | None:
+        """Fewest sequences in flight among replicas that are up (all, if none is); ties
+        round-robin. None when `exclude` is the only replica."""
+        self._start_watch()
+        others = [r for r in self.replicas if r is not exclude]
+        pool = [r for r in others if r.up] or others
+        if not pool:
+            return None
         turn = next(self._turn)
-        n = len(self.clients)
-        return min(range(n), key=lambda i: (self.in_flight[i], (i - turn) % n))
+        n = len(pool)
+        return min(pool, key=lambda r: (r.sequences, (pool.index(r) - turn) % n))
+
+    async def _call(self, body: dict[str, Any], sequences: int) -> dict[str, Any]:
+        """One non-streamed call, retried once on another replica when that is safe."""
+        failed: Replica | None = None
+        same_ok = False
+        for attempt in range(2):
+            r = self._pick(exclude=failed) or (failed if same_ok else None)
+            if r is None:
+                break
+            r.sequences += sequences
+            try:
+                resp = await self.client.post(r.completions, json=body)
+            except RETRYABLE as e:
+                error: EngineError = self._lost(r, e)
+                same_ok = isinstance(e, DROPPED)
+            except httpx.TransportError as e:
+                raise EngineDeadError(f"upstream {r.url} failed: {type(e).__name__}: {e}") from e
+            else:
+                if resp.status_code < 400:
+                    return json.loads(resp.content)
+                error = _error_for(resp, r)
+                if not _retryable_status(resp.status_code):
+                    raise error
+            finally:
+                r.sequences -= sequences
+            failed = r
+            if attempt == 0:
+                log.info("upstream %s: %s; sending the call to another replica", r.url, error)
+        raise error
+
+    def _lost(self, r: Replica, e: Exception) -> EngineError:
+        if isinstance(e, (httpx.ConnectError, httpx.ConnectTimeout)):
+            r.up = False  # nobody there: out until its health check passes
+        return EngineDeadError(f"upstream {r.url} failed: {type(e).__name__}: {e}")
+
+    # ---- the Engine protocol ----
+
+    async def generate(self, prompt: Prompt, spec: SamplingSpec, request_id: str, *,
+                       model: str | None = None, stream: bool = True) -> AsyncIterator[Output]:
+        body = self._body(prompt, spec, model, stream)
+        if not stream:
+            data = await self._call(body, 1)
+            usage = data.get("usage") or {}
+            choice = data["choices"][0]
+            yield self._output(choice, spec, usage.get("prompt_tokens", 0), usage.get("completion_tokens"))
+            return
+        failed: Replica | None = None
+        same_ok = False
+        for attempt in range(2):
+            r = self._pick(exclude=failed) or (failed if same_ok else None)
+            if r is None:
+                break
+            r.sequences += 1
+            streamed = False
+            try:
+                async with self.client.stream("POST", r.completions, json=body) as resp:
+                    if resp.status_code >= 400:
+                        await resp.aread()
+                        error: EngineError = _error_for(resp, r)
+                        if not _retryable_status(resp.status_code):
+                            raise error
+                    else:
+                        async for line in resp.aiter_lines():
+                            if not line.startswith("data: ") or line == "data: [DONE]":
+                                continue
+                            data = json.loads(line[6:])
+                            if "error" in data:
+                                raise EngineError(data["error"].get("message", "upstream error"))
+                            if data.get("choices"):
+                                usage = data.get("usage") or {}
+                                streamed = True
+                                yield self._output(data["choices"][0], spec, usage.get("prompt_tokens", 0),
+                                                   usage.get("completion_tokens"))
+                        return
+            except RETRYABLE as e:
+                if streamed:  # the caller has tokens from this replica: no second try
+                    raise EngineDeadError(f"upstream {r.url} failed mid-stream: {type(e).__name__}: {e}") from e
+                error = self._lost(r, e)
+                same_ok = isinstance(e, DROPPED)
+            except httpx.TransportError as e:
+                raise EngineDeadError(f"upstream {r.url} failed: {type(e).__name__}: {e}") from e
+            finally:
+                r.sequences -= 1
+            failed = r
+            if attempt == 0:
+                log.info("upstream %s: %s; sending the call to another replica", r.url, error)
+        raise error
+
+    async def sample(self, prompt: Prompt, spec: SamplingSpec, n: int, request_id: str, *,
+                     model: str | None = None) -> list[Output]:
+        body = self._body(prompt, spec, model, stream=False)
+        body["n"] = n
+        data = await self._call(body, n)
+        # vLLM's usage counts the prompt once for the call and every choice's completion tokens.
+        prompt_tokens = (data.get("usage") or {}).get("prompt_tokens", 0)
+        choices = sorted(data["choices"], key=lambda c: c.get("index", 0))
+        return [self._output(c, spec, prompt_tokens, None) for c in choices]
+
+    async def score(self, prompt: Sequence[int], continuation: Sequence[int], request_id: str, *,
+                    model: str | None = None, top_logprobs: int = 0) -> list[TokenLogprob]:
+        body = self._body(list(prompt) + list(continuation), SamplingSpec(max_tokens=1, temperature=0.0),
+                          model, stream=False)
+        body["prompt_logprobs"] = top_logprobs
+        data = await self._call(body, 1)
+        positions = (data["choices"][0].get("prompt_logprobs") or data.get("prompt_logprobs") or [])[len(prompt):]
+        out = []
+        for tok, pos in zip(continuation, positions):
+            ranked = sorted(((int(k), v) for k, v in pos.items()), key=lambda kv: -kv[1]["logprob"])
+            out.append(TokenLogprob(token_id=tok, token=self._piece(tok), logprob=pos[str(tok)]["logprob"],
+                                    top=tuple((t, v.get("decoded_token") or "", v["logprob"]) for t, v in ranked)))
+        return out
+
+    async def abort(self, request_id: str) -> None:
+        # Cancelling the call closes its connection, and vLLM aborts a request whose client
+        # disconnects (streamed or not). Nothing else to send.
+        return None
+
+    # ---- bodies and outputs ----
 
     def _body(self, prompt: Prompt, spec: SamplingSpec, model: str | None, stream: bool) -> dict[str, Any]:
         ids = self.tokenizer.encode(prompt, add_special_tokens=False) if isinstance(prompt, str) else list(prompt)
@@ -85,102 +364,30 @@ class RemoteEngine:
             body["vllm_xargs"] = {"ponder_mask": [x for m in spec.masked for x in m]}
         return body
 
-    async def _post(self, i: int, body: dict[str, Any]) -> httpx.Response:
-        try:
-            r = await self.clients[i].post("/v1/completions", json=body)
-        except httpx.TransportError as e:
-            raise EngineDeadError(f"upstream {self.clients[i].base_url} unreachable: {e}") from e
-        _raise_for(r)
-        return r
-
-    async def generate(self, prompt: Prompt, spec: SamplingSpec, request_id: str, *,
-                       model: str | None = None, stream: bool = True) -> AsyncIterator[Output]:
-        i = self._pick()
-        self.in_flight[i] += 1
-        self._requests[request_id] = i
-        body = self._body(prompt, spec, model, stream)
-        try:
-            if not stream:
-                data = (await self._post(i, body)).json()
-                yield self._output(data["choices"][0], data.get("usage") or {}, spec)
-                return
-            async with self.clients[i].stream("POST", "/v1/completions", json=body) as r:
-                if r.status_code >= 400:
-                    await r.aread()
-                    _raise_for(r)
-                async for line in r.aiter_lines():
-                    if not line.startswith("data: ") or line == "data: [DONE]":
-                        continue
-                    data = json.loads(line[6:])
-                    if "error" in data:
-                        raise EngineError(data["error"].get("message", "upstream error"))
-                    if data.get("choices"):
-                        yield self._output(data["choices"][0], data.get("usage") or {}, spec)
-        except httpx.TransportError as e:
-            raise EngineDeadError(f"upstream {self.clients[i].base_url} failed: {e}") from e
-        finally:
-            self.in_flight[i] -= 1
-            self._requests.pop(request_id, None)
-
-    def _output(self, choice: dict[str, Any], usage: dict[str, Any], spec: SamplingSpec) -> Output:
-        ids = tuple(choice.get("token_ids") or self.tokenizer.encode(choice["text"], add_special_tokens=False))
+    def _output(self, choice: dict[str, Any], spec: SamplingSpec, prompt_tokens: int,
+                completion_tokens: int | None) -> Output:
+        """One choice; completion_tokens None: this choice's own count (len of its tokens)."""
+        ids = choice.get("token_ids")
+        ids = tuple(ids if ids is not None else self.tokenizer.encode(choice["text"], add_special_tokens=False))
         lps = None
         if spec.logprobs is not None and choice.get("logprobs"):
             lp = choice["logprobs"]
             lps = tuple(
-                TokenLogprob(token_id=t, token=self.tokenizer.decode([t]), logprob=p,
-                             top=tuple((_tid(k), self.tokenizer.decode([_tid(k)]), v)
+                TokenLogprob(token_id=t, token=self._piece(t), logprob=p,
+                             top=tuple((_tid(k), self._piece(_tid(k)), v)
                                        for k, v in sorted((top or {}).items(), key=lambda kv: -kv[1])))
                 for t, p, top in zip(ids, lp["token_logprobs"], lp.get("top_logprobs") or [None] * len(ids))
             )
         return Output(text=choice["text"], token_ids=ids, logprobs=lps, finish_reason=choice.get("finish_reason"),
-                      prompt_tokens=usage.get("prompt_tokens", 0),
-                      completion_tokens=usage.get("completion_tokens", len(ids)))
+                      prompt_tokens=prompt_tokens,
+                      completion_tokens=len(ids) if completion_tokens is None else completion_tokens)
 
-    async def score(self, prompt: Sequence[int], continuation: Sequence[int], request_id: str, *,
-                    model: str | None = None, top_logprobs: int = 0) -> list[TokenLogprob]:
-        body = self._body(list(prompt) + list(continuation), SamplingSpec(max_tokens=1, temperature=0.0),
-                          model, stream=False)
-        body["prompt_logprobs"] = top_logprobs
-        i = self._pick()
-        self.in_flight[i] += 1
-        try:
-            data = (await self._post(i, body)).json()
-        finally:
-            self.in_flight[i] -= 1
-        positions = (data["choices"][0].get("prompt_logprobs") or data.get("prompt_logprobs") or [])[len(prompt):]
-        out = []
-        for tok, pos in zip(continuation, positions):
-            ranked = sorted(((int(k), v) for k, v in pos.items()), key=lambda kv: -kv[1]["logprob"])
-            out.append(TokenLogprob(token_id=tok, token=self.tokenizer.decode([tok]),
-                                    logprob=pos[str(tok)]["logprob"],
-                                    top=tuple((t, v.get("decoded_token") or "", v["logprob"]) for t, v in ranked)))
-        return out
-
-    async def abort(self, request_id: str) -> None:
-        # Closing the stream (the generator's cancellation) aborts upstream: vLLM
-        # aborts a request whose client disconnects. Nothing else to send.
-        return None
-
-    async def check_health(self) -> None:
-        for c in self.clients:
-            try:
-                if (await c.get("/health", timeout=5.0)).status_code == 200:
-                    return
-            except httpx.TransportError:
-                continue
-        raise EngineDeadError("no upstream is healthy")
-
-    @property
-    def is_dead(self) -> bool:
-        return False  # upstreams may come back; health checks say 503 meanwhile
-
-    def num_unfinished(self) -> int:
-        return sum(self.in_flight)
-
-    async def aclose(self) -> None:
-        for c in self.clients:
-            await c.aclose()
+    def _piece(self, token_id: int) -> str:
+        """A token's text, decoded once per engine (log-probs name up to 21 tokens a position)."""
+        piece = self._pieces.get(token_id)
+        if piece is None:
+            piece = self._pieces[token_id] = self.tokenizer.decode([token_id])
+        return piece
 
 
 def _tid(key: str) -> int:
@@ -188,17 +395,20 @@ def _tid(key: str) -> int:
     return int(key.rsplit(":", 1)[-1])
 
 
-def _raise_for(r: httpx.Response) -> None:
-    if r.status_code < 400:
-        return
+def _retryable_status(status: int) -> bool:
+    """Worth another replica: busy (429) or failing (5xx); a 4xx would fail anywhere."""
+    return status == 429 or status >= 500
+
+
+def _error_for(r: httpx.Response, replica: Replica) -> EngineError:
     try:
         message = r.json()["error"]["message"]
     except (ValueError, KeyError, TypeError):
         message = r.text[:500]
     if r.status_code == 429:
-        raise EngineBusyError(message)
+        return EngineBusyError(message)
     if r.status_code in (400, 404, 413, 422):
-        raise EngineRequestError(message)
+        return EngineRequestError(message)
     if r.status_code >= 500:
-        raise EngineDeadError(f"upstream answered {r.status_code}: {message}")
-    raise EngineError(message)
+        return EngineDeadError(f"upstream {replica.url} answered {r.status_code}: {message}")
+    return EngineError(message)

@@ -61,6 +61,15 @@ def _lora_rank(path: str) -> int:
     return int(json.loads(cfg.read_text()).get("r", 16)) if cfg.exists() else 16
 
 
+def ponder_child(folder: str) -> bool:
+    """A Puzzle child exported by ponder: its config class is ponder's own file, byte for byte,
+    so its "remote code" may be trusted without --engine-arg trust_remote_code=true."""
+    from ponder.nas import configuration_decilm
+
+    shipped = Path(folder, "configuration_decilm.py")
+    return shipped.exists() and shipped.read_bytes() == Path(configuration_decilm.__file__).read_bytes()
+
+
 class VllmEngine:
     """Engine protocol over vllm.v1.engine.async_llm.AsyncLLM."""
 
@@ -91,6 +100,8 @@ class VllmEngine:
         if cfg.loras:
             kwargs.update(enable_lora=True, max_loras=len(cfg.loras),
                           max_lora_rank=max(_lora_rank(p) for _, p in cfg.loras))
+        if ponder_child(cfg.model):
+            kwargs["trust_remote_code"] = True
         kwargs.update(cfg.engine_args)
         if on_cpu:
             # Never split a prompt across steps (see the module docstring).
@@ -100,7 +111,8 @@ class VllmEngine:
         args = AsyncEngineArgs(**kwargs)
         self.llm = AsyncLLM.from_engine_args(args)
         self.max_model_len: int = self.llm.model_config.max_model_len
-        self.tokenizer = AutoTokenizer.from_pretrained(cfg.model)
+        self.tokenizer = AutoTokenizer.from_pretrained(cfg.model,
+                                                       trust_remote_code=kwargs.get("trust_remote_code", False))
         self.loras = {name: LoRARequest(name, i + 1, path) for i, (name, path) in enumerate(cfg.loras)}
         self.created = int(time.time())
 
@@ -111,12 +123,12 @@ class VllmEngine:
                                    max_model_len=self.max_model_len, created=self.created)
                          for n, r in self.loras.items()]
 
-    def _sampling_params(self, spec: SamplingSpec, stream: bool, prompt_logprobs: int | None = None):
+    def _sampling_params(self, spec: SamplingSpec, stream: bool, prompt_logprobs: int | None = None, n: int = 1):
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
         return SamplingParams(
-            n=1,
+            n=n,
             max_tokens=spec.max_tokens,
             temperature=spec.temperature,
             top_p=spec.top_p,
@@ -161,6 +173,26 @@ class VllmEngine:
                 )
         except Exception as e:  # map vLLM's errors onto the seam's
             raise self._map_error(e) from e
+
+    async def sample(self, prompt: Prompt, spec: SamplingSpec, n: int, request_id: str, *,
+                     model: str | None = None) -> list[Output]:
+        # vLLM fans SamplingParams(n) out into n child requests after one prefill; child i is
+        # seeded seed + i (vllm/v1/engine/parallel_sampling.py). FINAL_ONLY returns all n at
+        # once. Cancelling this call makes AsyncLLM.generate abort the parent, and so the children.
+        params = self._sampling_params(spec, stream=False, n=n)
+        final = None
+        try:
+            async for out in self.llm.generate(self._prompt(prompt), params, request_id,
+                                               lora_request=self._lora(model)):
+                final = out
+        except Exception as e:
+            raise self._map_error(e) from e
+        assert final is not None
+        n_prompt = len(final.prompt_token_ids or ())
+        return [Output(text=seq.text, token_ids=tuple(seq.token_ids),
+                       logprobs=self._logprobs(seq.token_ids, seq.logprobs) if spec.logprobs is not None else None,
+                       finish_reason=seq.finish_reason, prompt_tokens=n_prompt, completion_tokens=len(seq.token_ids))
+                for seq in sorted(final.outputs, key=lambda s: s.index)]
 
     async def score(self, prompt: Sequence[int], continuation: Sequence[int], request_id: str, *,
                     model: str | None = None, top_logprobs: int = 0) -> list[TokenLogprob]:

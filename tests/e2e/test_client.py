@@ -15,7 +15,7 @@ def test_sync_client_lists_strategies_and_reads_the_trace(server):
         r = c.chat(Q, strategy={"name": "tournament", "n": 4}, return_trace=True, temperature=0.8, seed=3,
                    max_tokens=200)
         assert r.strategy == "tournament" and r.trace["winner"] == r.info["winner"]
-        assert r.engine_calls == 4 + r.info["judge_calls"]
+        assert r.engine_calls == 1 + r.info["judge_calls"]  # the four candidates are one engine call
         assert r.reasoning_tokens > 0
         with pytest.raises(PonderError) as e:
             c.chat(Q, strategy="nope")

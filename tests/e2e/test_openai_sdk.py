@@ -59,7 +59,9 @@ def test_every_strategy_streams_the_answer_it_returns(client, strategy):
     r = client.chat.completions.create(**kw)
     text = r.choices[0].message.content
     assert arith.extract_answer(text) is not None
-    assert r.ponder["strategy"] == strategy["name"] and r.ponder["engine_calls"] > strategy["n"] - 1
+    # Candidates are one engine call (n samples), or one run each of a sampler strategy.
+    assert r.ponder["strategy"] == strategy["name"]
+    assert r.ponder["engine_calls"] >= (strategy["n"] if "sampler" in strategy else 1)
     assert r.ponder["trace"][0]
     reasoning = r.usage.completion_tokens_details.reasoning_tokens
     assert 0 < reasoning < r.usage.completion_tokens  # the returned answer is the rest
@@ -82,7 +84,7 @@ def client_tokenize(text: str) -> list[int]:
 def test_strategy_by_path(server):
     with openai.OpenAI(base_url=server.url("/v1/strategies/self_consistency"), api_key=KEY, max_retries=0) as c:
         r = c.chat.completions.create(model=MODEL, messages=ask(), temperature=0.7, seed=1, max_tokens=200)
-        assert r.ponder["strategy"] == "self_consistency" and r.ponder["engine_calls"] == 8
+        assert r.ponder["strategy"] == "self_consistency" and r.ponder["engine_calls"] == 1  # n=8 in one call
         t = c.completions.create(model=MODEL, prompt="Mia has 12 coins.", max_tokens=8, seed=1)
         assert t.ponder["strategy"] == "self_consistency"
 
@@ -205,7 +207,7 @@ def test_reasoning_effort_runs_the_mapped_strategy(client):
     r = client.chat.completions.create(model=MODEL, messages=ask(), temperature=0.7, max_tokens=128, seed=1,
                                        reasoning_effort="low")
     assert r.ponder["strategy"] == "self_consistency" and r.ponder["params"]["n"] == 4
-    assert r.ponder["engine_calls"] == 4 and r.choices[0].message.content
+    assert r.ponder["engine_calls"] == 1 and r.choices[0].message.content  # n=4 in one call
     r = client.chat.completions.create(model=MODEL, messages=ask(), max_tokens=64, reasoning_effort="high",
                                        extra_body={"strategy": "direct"})
     assert r.ponder["strategy"] == "direct"  # an explicit strategy wins

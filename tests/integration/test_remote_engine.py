@@ -1,4 +1,5 @@
-"""RemoteEngine against vLLM's own OpenAI server (the scale-out path), two upstream URLs."""
+"""RemoteEngine against vLLM's own OpenAI server (the scale-out path), two upstream URLs
+(the same server, given with and without /v1)."""
 
 import asyncio
 import os
@@ -10,7 +11,7 @@ import httpx
 import pytest
 
 from ponder import strategies
-from ponder.server.engine.remote import RemoteEngine
+from ponder.server.engine.remote import RemoteEngine, UpstreamError
 from ponder.strategies.base import Context, Query
 from ponder.strategies.engine import SamplingSpec, collect, render_chat
 from ponder.tasks import arith
@@ -51,8 +52,17 @@ def _healthy(url: str) -> bool:
 
 @pytest.fixture
 async def remote(upstream):
-    # The same upstream twice: two "replicas" to spread calls over.
-    eng = RemoteEngine([upstream, upstream + "/"], "ponder-tiny", str(MODEL))
+    # The same upstream twice, as a root and as an OpenAI base URL: two "replicas" to spread calls over.
+    eng = RemoteEngine([upstream, upstream + "/v1"], "ponder-tiny", str(MODEL))
+    await eng.start()
+    posts: list[str] = []
+
+    async def count(request: httpx.Request) -> None:
+        if request.method == "POST":
+            posts.append(str(request.url))
+
+    eng.client.event_hooks["request"].append(count)
+    eng.posts = posts  # every upstream call, by URL
     yield eng
     await eng.aclose()
 
@@ -75,10 +85,10 @@ async def test_calls_spread_over_upstreams_and_score(remote):
     seen = []
     real = remote._pick
 
-    def pick():
-        i = real()
-        seen.append(i)
-        return i
+    def pick(exclude=None):
+        r = real(exclude)
+        seen.append(remote.replicas.index(r))
+        return r
 
     remote._pick = pick
     outs = await asyncio.gather(*(collect(remote.generate(ids, GREEDY.replace(logprobs=3), f"r{i}", stream=False))
@@ -101,4 +111,38 @@ async def test_a_strategy_runs_over_the_remote_engine(remote):
     ids = prompt(remote)
     strategy, params = strategies.resolve({"name": "tournament", "n": 4})
     res = await strategy.run(ctx, Query("ponder-tiny", tuple(ids), Q, SamplingSpec(max_tokens=200, seed=1)), params)
-    assert arith.extract_answer(res.choice.text) is not None and ctx.calls == 4 + res.info["judge_calls"]
+    assert arith.extract_answer(res.choice.text) is not None and ctx.calls == 1 + res.info["judge_calls"]
+
+
+async def test_n_samples_in_one_call_are_distinct_seeded_and_reproducible(remote):
+    ids = prompt(remote)
+    spec = SamplingSpec(max_tokens=64, temperature=1.0, seed=11)
+    a = await remote.sample(ids, spec, 8, "n-a")
+    b = await remote.sample(ids, spec, 8, "n-b")
+    assert len(remote.posts) == 2 and all(u.endswith("/v1/completions") for u in remote.posts)
+    assert [o.token_ids for o in a] == [o.token_ids for o in b]  # same seed, same samples
+    assert len({o.token_ids for o in a}) > 1
+    other = await remote.sample(ids, spec.replace(seed=12), 8, "n-c")
+    assert [o.token_ids for o in other] != [o.token_ids for o in a]
+    assert all(o.prompt_tokens == len(ids) and o.completion_tokens == len(o.token_ids) > 0 for o in a)
+    assert all(o.finish_reason in ("stop", "length") for o in a)
+
+
+async def test_a_strategy_makes_one_upstream_call_per_round(remote):
+    ctx = Context(lambda m: (remote, None), "sc")
+    ids = prompt(remote)
+    strategy, params = strategies.resolve({"name": "self_consistency", "n": 8})
+    spec = SamplingSpec(max_tokens=200, temperature=1.0, seed=3)
+    res = await strategy.run(ctx, Query("ponder-tiny", tuple(ids), Q, spec), params)
+    assert ctx.calls == 1 and len(remote.posts) == 1 and len(res.trace["candidates"]) == 8
+    assert ctx.prompt_tokens == len(ids)  # one prefill for eight samples
+    again = Context(lambda m: (remote, None), "sc2")
+    res2 = await strategy.run(again, Query("ponder-tiny", tuple(ids), Q, spec), params)
+    assert res2.trace == res.trace and again.completion_tokens == ctx.completion_tokens
+
+
+async def test_a_wrong_path_is_a_start_up_error_naming_the_url(upstream):
+    eng = RemoteEngine([upstream + "/openai/v1"], "ponder-tiny", str(MODEL))
+    with pytest.raises(UpstreamError, match=f"GET {upstream}/openai/v1/models answered 404"):
+        await eng.start()
+    await eng.aclose()

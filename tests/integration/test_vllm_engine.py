@@ -35,6 +35,35 @@ async def test_seeds_reproduce_and_differ(engine, render):
     assert len({o.token_ids for o in outs}) > 1
 
 
+async def test_n_samples_in_one_call_are_distinct_and_reproducible(engine, render):
+    ids = render(Q)
+    spec = SamplingSpec(max_tokens=64, temperature=1.0, seed=7, logprobs=2)
+    a, b = await asyncio.gather(engine.sample(ids, spec, 8, "n-a"), engine.sample(ids, spec, 8, "n-b"))
+    assert len(a) == 8 and [o.token_ids for o in a] == [o.token_ids for o in b]
+    assert len({o.token_ids for o in a}) > 1
+    assert all(o.prompt_tokens == len(ids) and o.completion_tokens == len(o.token_ids) == len(o.logprobs)
+               for o in a)
+
+
+async def test_cancelling_n_samples_aborts_all_of_them(engine, render):
+    eos = engine.tokenizer.eos_token_id
+    spec = SamplingSpec(max_tokens=900, temperature=1.0, seed=1, logit_bias=((eos, -100.0),))
+    task = asyncio.ensure_future(engine.sample(render(Q), spec, 4, "n-long"))
+    for _ in range(600):
+        if engine.num_unfinished() == 4:
+            break
+        await asyncio.sleep(0.05)
+    assert engine.num_unfinished() == 4  # the four children run
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    for _ in range(50):
+        if engine.num_unfinished() == 0:
+            break
+        await asyncio.sleep(0.1)
+    assert engine.num_unfinished() == 0
+
+
 async def test_prompt_logprobs_score_what_sampling_saw(engine, render):
     ids = render(Q)
     out = await gen(engine, ids, GREEDY.replace(logprobs=5), "lp")

@@ -34,7 +34,8 @@ async def test_usage_counts_every_call_and_reasoning_tokens(engine):
         r = await c.post("/v1/chat/completions", json={"model": "fake", "messages": MSG, "max_tokens": 30, "seed": 0,
                                                       "strategy": {"name": "self_consistency", "n": 4}})
     body = r.json()
-    assert r.status_code == 200 and body["ponder"]["engine_calls"] == 4 == len(engine.calls)
+    assert r.status_code == 200 and body["ponder"]["engine_calls"] == 1 == len(engine.batches)  # n=4 in one call
+    assert len(engine.calls) == 4
     per_call = len(engine.tokenizer.encode("3 + 4 = 7\nAnswer: 7"))
     assert body["usage"]["completion_tokens"] == 4 * per_call
     assert body["usage"]["completion_tokens_details"]["reasoning_tokens"] == 3 * per_call

@@ -153,8 +153,10 @@ async def run(tok, name, **params):
 
 
 async def test_self_consistency_follows_the_majority(tok):
-    res, ctx, _ = await run(tok, "self_consistency", n=8)
-    assert res.info["answer"] == "8" and ctx.calls == 8  # seeds 1..8: two of eight give 7
+    res, ctx, engine = await run(tok, "self_consistency", n=8)
+    assert res.info["answer"] == "8"  # seeds 1..8: two of eight give 7
+    assert ctx.calls == 1 and engine.batches == [8]  # the eight candidates are one engine call
+    assert [spec.seed for _, spec, _ in engine.calls] == list(range(1, 9))
 
 
 async def test_tournament_finds_the_minority_right_answer(tok):
@@ -165,7 +167,7 @@ async def test_tournament_finds_the_minority_right_answer(tok):
                                                                                      (g["b"], g["a"])}
                for g in judged)
     assert len(res.trace["rounds"]) == 3 and res.info["judge_agreement"] == 1.0
-    assert ctx.calls == 8 + res.info["judge_calls"]
+    assert ctx.calls == 1 + res.info["judge_calls"]
 
 
 async def test_tournament_odd_count_and_league(tok):
@@ -184,7 +186,7 @@ async def test_reverse_verify_prefers_the_verified_answer(tok):
 
 async def test_composition_runs_the_sampler_per_candidate(tok):
     res, ctx, _ = await run(tok, "tournament", n=4, sampler={"name": "self_consistency", "n": 3})
-    assert len(res.trace["samplers"]) == 4 and ctx.calls == 4 * 3 + res.info["judge_calls"]
+    assert len(res.trace["samplers"]) == 4 and ctx.calls == 4 * 1 + res.info["judge_calls"]
 
 
 async def test_critical_tokens_masks_inside_the_engine(tok):
