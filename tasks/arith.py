@@ -31,6 +31,10 @@ from dataclasses import dataclass
 OPS = ("+", "-", "*", "/")
 SPLITS = ("train", "val", "test")
 FORMATS = ("forward", "backward_question", "backward", "judge")
+# "question": the word problem alone, no solution: pretraining a "base model of this world" that
+# has read the task's questions but never seen them solved (RevThink's student).
+PRETRAIN_FORMATS = (*FORMATS, "question")
+QUESTION_PROMPT = "Write a word problem."
 ANSWER_RE = re.compile(r"Answer:\s*(-?\d+)")
 WINNER_RE = re.compile(r"Winner:\s*(Solution 1|Solution 2|Tie)")
 NUMBER_RE = re.compile(r"\d+")
@@ -368,12 +372,14 @@ def example(problem: Problem, fmt: str, rng: random.Random) -> list[dict[str, st
         masked = rng.randrange(len(problem.quantities))
         user = backward_prompt(problem.backward_question(masked))
         reply = problem.backward_solution(masked)
+    elif fmt == "question":
+        user, reply = QUESTION_PROMPT, q
     elif fmt == "judge":
         right, wrong = problem.forward_solution(), problem.wrong_solution(rng)
         s1, s2 = (right, wrong) if rng.random() < 0.5 else (wrong, right)
         user, reply = judge_prompt(q, s1, s2), judge_verdict(s1, s2)
     else:
-        raise ValueError(f"unknown format {fmt!r}; expected one of {FORMATS}")
+        raise ValueError(f"unknown format {fmt!r}; expected one of {PRETRAIN_FORMATS}")
     return [{"role": "user", "content": user}, {"role": "assistant", "content": reply}]
 
 

@@ -128,8 +128,8 @@ class PretrainConfig:
         out = {}
         for part in self.mix.split(","):
             name, _, weight = part.partition("=")
-            if name not in arith.FORMATS:
-                raise ValueError(f"unknown format {name!r} in mix; expected {arith.FORMATS}")
+            if name not in arith.PRETRAIN_FORMATS:
+                raise ValueError(f"unknown format {name!r} in mix; expected {arith.PRETRAIN_FORMATS}")
             out[name] = float(weight)
         return out
 

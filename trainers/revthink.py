@@ -15,6 +15,11 @@ recovers the quantity Q_b masked (on the built-in task both checks are exact;
 Every item is appended to items.jsonl as it finishes, so a rerun asks only
 what is missing; the dataset is kept.jsonl, with dropped.jsonl saying why.
 
+The student must be weaker than the teacher and must not have seen the task
+solved: e.g. `ponder train pretrain --preset micro --mix question=1 --out
+runs/student`, a "base model of this world" that has read the task's
+questions only (the `question` format).
+
 Training: loss = (CE(Q -> R_f) + CE(Q -> Q_b) + CE(Q_b -> R_b)) / 3 with the
 prompt masked (the official code forgot to), or `--objectives forward` for the
 SFT baseline on the same data. Written on pretrain's completion-only loop, not

@@ -102,3 +102,9 @@ def test_difficulty_knob():
         assert len(p.steps) == 2 and all(s.after <= 200 for s in p.steps)
     with pytest.raises(ValueError):
         arith.ArithConfig(min_steps=3, max_steps=2)
+
+
+def test_question_format_is_the_problem_alone():
+    p = arith.dataset("train", 1)[0]
+    msgs = arith.example(p, "question", random.Random(0))
+    assert msgs[1]["content"] == p.question() and "Answer" not in msgs[1]["content"]
