@@ -105,15 +105,19 @@ async def run(ctx: Context, query: Query, params: Params) -> Result:
     ctx.progress(stage="backward_questions", answers=len(checked))
     questions = await asyncio.gather(*(backward_question(i, a) for i, a in enumerate(checked)))
 
-    async def solve(i: int, j: int, bq: str) -> str:
+    async def solve(i: int, bq: str, m: int) -> list[str]:
+        """m solutions of backward question i: one engine call (seeds 2000 + 97 i + j)."""
         prompt = params.backward_prompt.format(backward_question=bq)
         ids = ctx.render(query.model, [{"role": "user", "content": prompt}])
-        return (await ctx.generate(query.model, ids, seeded(aux, 2_000 + 97 * i + j))).text
+        cands, _ = await ctx.sample(Query(query.model, ids, bq, seeded(aux, 2_000 + 97 * i)), m)
+        return [c.text for c in cands]
 
     m = params.m if aux.temperature > 0 else 1  # greedy solutions would all be the same
-    todo = [(i, j) for i, (_, masked) in enumerate(questions) if masked is not None for j in range(m)]
-    ctx.progress(stage="backward_solutions", calls=len(todo))
-    solved = await asyncio.gather(*(solve(i, j, questions[i][0]) for i, j in todo))
+    asked = [i for i, (_, masked) in enumerate(questions) if masked is not None]
+    ctx.progress(stage="backward_solutions", calls=len(asked), solutions=m * len(asked))
+    batches = await asyncio.gather(*(solve(i, questions[i][0], m) for i in asked))
+    todo = [(i, j) for i in asked for j in range(m)]
+    solved = [text for batch in batches for text in batch]
     verified: dict[str, int] = {a: 0 for a in checked}
     checks: dict[str, list[dict[str, Any]]] = {a: [] for a in checked}
     for (i, _), text, got in zip(todo, solved, await extract_answers(solved, params.answer_pattern)):

@@ -178,8 +178,10 @@ async def test_tournament_odd_count_and_league(tok):
 
 
 async def test_reverse_verify_prefers_the_verified_answer(tok):
-    res, _, _ = await run(tok, "reverse_verify", n=8, m=2, alpha=0.5)
+    res, ctx, engine = await run(tok, "reverse_verify", n=8, m=2, alpha=0.5)
     assert res.info["verified"] == {"8": 0, "7": 2} and res.info["answer"] == "7"
+    # one call for the candidates, one backward question and one batch of m solutions per answer
+    assert sorted(engine.batches) == [1, 1, 2, 2, 8] and ctx.calls == 5
     res, _, _ = await run(tok, "reverse_verify", n=8, m=2, alpha=1.0)
     assert res.info["answer"] == "8"  # forward votes only
 
