@@ -59,6 +59,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--ns", default="1,2,4,8,16")
     ap.add_argument("--param", action="append", default=[],
                     help="STRATEGY.KEY=VALUE, a fixed parameter of one strategy (e.g. tournament.k=2)")
+    ap.add_argument("--ks", default="", help="also run the tournament at N=--k-at-n with each of these K")
+    ap.add_argument("--k-at-n", type=int, default=8)
+    ap.add_argument("--pairs", action="store_true", help="measure p_gen and p_comp (eval --format pairs) and "
+                    "put the paper's failure bound beside every tournament row")
     a = ap.parse_args(argv)
     out = Path(a.out or "runs/sweep")
     out.mkdir(parents=True, exist_ok=True)
@@ -74,12 +78,30 @@ def main(argv: list[str] | None = None) -> None:
         for n in map(int, a.ns.split(",")):
             params = {"n": n, **fixed.get(name, {})}
             grid.append((name, EvalConfig(**common, strategy=name, params=params, temperature=a.temperature), n))
+    for k in filter(None, a.ks.split(",")):
+        params = {**fixed.get("tournament", {}), "n": a.k_at_n, "k": int(k)}
+        grid.append((f"tournament K={k}", EvalConfig(**common, strategy="tournament", params=params,
+                                                     temperature=a.temperature), a.k_at_n))
+    if a.pairs:
+        grid.append(("pairs", EvalConfig(**common, format="pairs", n=8, temperature=a.temperature), 8))
     records = []
     for label, cfg, n in grid:
         rec = asyncio.run(evaluate(cfg))
         print(summary(rec), flush=True)
-        rec.pop("rows")
+        rec.pop("rows", None)
         records.append({"label": label, "n": n, **rec})
         (out / "sweep.json").write_text(json.dumps(records, indent=1) + "\n")
-    plot(records, out)
+    pairs = next((r for r in records if r["label"] == "pairs"), None)
+    if pairs:
+        from ponder.strategies.tournament import failure_bound
+
+        for r in records:
+            if r["label"].startswith("tournament"):
+                k = 2 * max(1, r["config"]["params"].get("k", 2) // 2)  # calls per pair, both orders
+                mode = r["config"]["params"].get("judge", "text")
+                r["failure"] = 1 - r["accuracy"]
+                r["failure_bound"] = failure_bound(pairs["p_gen"], pairs[f"p_comp_{mode}"], r["n"], k)
+                print(f"{r['label']} N={r['n']}: failure {r['failure']:.3f}, bound {r['failure_bound']:.3f}")
+        (out / "sweep.json").write_text(json.dumps(records, indent=1) + "\n")
+    plot([r for r in records if r["label"] != "pairs"], out)
     print(f"wrote {out}/sweep.json, accuracy_vs_n.png, accuracy_vs_tokens.png")

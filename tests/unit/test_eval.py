@@ -1,0 +1,40 @@
+"""ponder eval's p_gen / p_comp measurement against a live OpenAI-compatible server on a scripted engine."""
+
+import asyncio
+
+import uvicorn
+
+from ponder.server.app import create_app
+from ponder.server.serving import Limits, OpenAIServing
+from ponder.tasks import arith, eval as ev
+from tests.fake_engine import FakeEngine
+
+PROBLEMS = {p.question(): p for p in arith.dataset("test", 4)}
+
+
+def model(prompt: str, spec, name) -> str:
+    """Even seeds solve right, odd seeds slip; the judge always says Solution 1 (a position bias)."""
+    if "Compare two solutions" in prompt:
+        return "A: 1 + 1 = 2, says 2, ok\nWinner: Solution 1"
+    for q, p in PROBLEMS.items():
+        if q in prompt:
+            return p.forward_solution() if spec.seed % 2 == 0 else "1 + 1 = 3\nAnswer: 3"
+    return "?"
+
+
+async def test_pairs_measures_p_gen_and_a_position_biased_p_comp(tok):
+    app = create_app(OpenAIServing([FakeEngine(tok, model, name="m", max_model_len=1024)], Limits()))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="critical", ws="none"))
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.01)
+    try:
+        url = f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}/v1"
+        rec = await ev.pairs(ev.EvalConfig(base_url=url, limit=4, format="pairs", n=4, temperature=0.7,
+                                           max_tokens=64))
+    finally:
+        server.should_exit = True
+        await task
+    assert rec["p_gen"] == 0.5 and rec["pass@4"] == 1.0 and rec["pairs"] == 4
+    assert rec["p_comp_text_by_order"] == [1.0, 0.0] and rec["p_comp_text"] == 0.5
+    assert "p_comp_logprob" in rec and "failure bound" in ev.summary(rec)
