@@ -2,6 +2,7 @@
 
 import random
 
+import pytest
 import torch
 from transformers import LlamaForCausalLM
 
@@ -35,19 +36,49 @@ def test_cdpo_with_zero_weights_ignores_the_rejected_answer():
     assert torch.allclose(loss, dpo.preference_loss(pc, rc, pr.detach() - 5, rr, torch.zeros(3, 6), "cdpo", 1.0))
 
 
-def test_a_few_steps_raise_the_margin_and_change_the_weights(tmp_path, tok):
+def base_and_pairs(tmp_path, tok, n=16):
     torch.manual_seed(0)
     base = tmp_path / "base"
     LlamaForCausalLM(ModelPreset.from_name("micro").llama_config(tok)).save_pretrained(base)
     tok.save_pretrained(base)
     rng = random.Random(0)
     pairs = []
-    for p in arith.dataset("train", 16):
+    for p in arith.dataset("train", n):
         prompt = render_chat(tok, [{"role": "user", "content": arith.forward_prompt(p.question())}])
         chosen, rejected = (tok.encode(t, add_special_tokens=False) for t in (p.forward_solution(),
                                                                                p.wrong_solution(rng)))
         pairs.append({"question": p.question(), "prompt": prompt, "chosen": chosen, "rejected": rejected,
                       "weights": [rng.random() for _ in rejected]})
+    return base, pairs
+
+
+def test_a_killed_run_resumes_from_its_checkpoint(tmp_path, tok, monkeypatch):
+    base, pairs = base_and_pairs(tmp_path, tok, n=8)
+
+    def cfg(out):
+        return dpo.DPOConfig(base=str(base), pos="-", neg="-", out=str(tmp_path / out), lora_rank=0, lr=1e-3,
+                             epochs=3, batch_size=4, micro_batch=4, ckpt_every=2)
+
+    unbroken = dpo.train(cfg("a"), pairs)
+    real, calls = dpo.preference_loss, {"n": 0}
+
+    def dies_at_step_4(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(dpo, "preference_loss", dies_at_step_4)
+    with pytest.raises(KeyboardInterrupt):
+        dpo.train(cfg("b"), pairs)
+    assert (tmp_path / "b" / "checkpoint" / "state.pt").exists()
+    monkeypatch.setattr(dpo, "preference_loss", real)
+    resumed = dpo.train(cfg("b"), pairs)
+    assert resumed["loss_last_10"] == pytest.approx(unbroken["loss_last_10"], rel=1e-4)
+
+
+def test_a_few_steps_raise_the_margin_and_change_the_weights(tmp_path, tok):
+    base, pairs = base_and_pairs(tmp_path, tok)
     for loss, lora in (("cdpo", 4), ("dpo", 0)):
         cfg = dpo.DPOConfig(base=str(base), pos="-", neg="-", out=str(tmp_path / loss), loss=loss, lora_rank=lora,
                             lr=5e-3, epochs=6, batch_size=8, micro_batch=4, ckpt_every=5)
