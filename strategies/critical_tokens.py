@@ -96,8 +96,7 @@ async def rollout_success(ctx: Context, query: Query, cand: Candidate, correct: 
     async def rate(t: int) -> float:
         prefix = cand.token_ids[: t + 1]
         head = tok.decode(list(prefix), skip_special_tokens=True)
-        outs = await asyncio.gather(*(ctx.generate(query.model, query.prompt_ids + prefix, seeded(query.spec, s))
-                                      for s in range(samples)))
+        outs, _ = await ctx.sample(Query(query.model, query.prompt_ids + prefix, query.question, query.spec), samples)
         return sum(correct(head + o.text) for o in outs) / samples
 
     rates = await asyncio.gather(*(rate(t) for t in positions))

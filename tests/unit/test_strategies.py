@@ -242,3 +242,13 @@ async def test_logprob_judge_cancels_a_position_bias(tok):
             winners = tuple(tm.decide(g["a"], g["b"], g["score"], random.Random(0)) for g in games)
             assert winners == expect
             assert games[0]["margin"] == pytest.approx(1.0) and games[1]["margin"] == pytest.approx(-1.0)
+
+
+async def test_rollouts_sample_each_prefix_in_one_call(tok):
+    engine = FakeEngine(tok, lambda prompt, spec, model: "Answer: 7" if (spec.seed or 0) % 2 else "Answer: 8")
+    ctx = Context(lambda m: (engine, None), "req")
+    q = query(ctx, engine)
+    cand = Candidate("3 + 4", tuple(tok.encode("3 + 4", add_special_tokens=False)), None, "stop")
+    rates = await ct.rollout_success(ctx, q, cand, lambda text: "Answer: 7" in text, samples=4)
+    assert rates == [0.5] * len(cand.token_ids)  # seeds 1..4: two odd
+    assert engine.batches == [4] * len(cand.token_ids)
