@@ -180,8 +180,10 @@ class _Judge:
         if answers[a] is not None and answers[a] == answers[b] and not self.params.judge_same_answer:
             game["skipped"] = "same answer"
             return game
-        orders = [(a, b)] * self.params.per_order + [(b, a)] * self.params.per_order
-        replies = await asyncio.gather(*(self._call(x, y) for x, y in orders))
+        per = self.params.per_order
+        orders = [(a, b)] * per + [(b, a)] * per
+        first, second = await asyncio.gather(self._call(a, b, per), self._call(b, a, per))
+        replies = first + second
         score, margins = [0.0, 0.0], []
         for (x, y), reply in zip(orders, replies):
             if reply is None:
@@ -207,17 +209,19 @@ class _Judge:
             game["agreement"] = score
         return game
 
-    async def _call(self, x: int, y: int) -> tuple[str, float] | None:
+    async def _call(self, x: int, y: int, n: int) -> list[tuple[str, float] | None]:
+        """n judge replies for (x, y) in this order: one engine call, distinct seeds per call."""
         text = judge_prompt(self.params, self.query.question, self.cands[x].text, self.cands[y].text)
         ids = self.ctx.render(self.model, [{"role": "user", "content": text}])
         if len(ids) + self.params.judge_max_tokens > self.max_len:
-            return None
-        self.calls += 1
-        spec = seeded(self.spec, 1_000 + self.calls)
-        text = (await self.ctx.generate(self.model, ids, spec)).text
+            return [None] * n
+        seed = 1_000 + self.calls
+        self.calls += n
+        replies, _ = await self.ctx.sample(Query(self.model, ids, text, seeded(self.spec, seed)), n)
         if self.params.judge != "logprob":
-            return text, 0.0
-        return text, await self._margin(ids, text)
+            return [(r.text, 0.0) for r in replies]
+        margins = await asyncio.gather(*(self._margin(ids, r.text) for r in replies))
+        return [(r.text, m) for r, m in zip(replies, margins)]
 
     async def _margin(self, ids: tuple[int, ...], text: str) -> float:
         """log p("Solution 1") - log p("Solution 2") where the judge writes its verdict.

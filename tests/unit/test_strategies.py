@@ -252,3 +252,9 @@ async def test_rollouts_sample_each_prefix_in_one_call(tok):
     rates = await ct.rollout_success(ctx, q, cand, lambda text: "Answer: 7" in text, samples=4)
     assert rates == [0.5] * len(cand.token_ids)  # seeds 1..4: two odd
     assert engine.batches == [4] * len(cand.token_ids)
+
+
+async def test_tournament_judges_each_order_in_one_call(tok):
+    res, ctx, engine = await run(tok, "tournament", n=2, k=4, judge_same_answer=True)
+    assert sorted(engine.batches) == [2, 2, 2] and res.info["judge_calls"] == 4 and ctx.calls == 3
+    assert len(res.trace["rounds"][0]["games"][0]["calls"]) == 4
