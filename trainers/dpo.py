@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ponder.trainers.cdpo import ContrastConfig, sample
-from ponder.trainers.pretrain import IGNORE, save_atomic
+from ponder.trainers.pretrain import IGNORE, save_atomic, save_model
 
 LOSSES = ("cdpo", "dpo", "sft")
 
@@ -230,13 +230,7 @@ def train(cfg: DPOConfig, pairs: list[dict] | None = None) -> dict:
               "loss_first": log[0]["loss"], "loss_last_10": sum(r["loss"] for r in log[-10:]) / len(log[-10:]),
               "margin_first": log[0]["margin"], "margin_last_10": sum(r["margin"] for r in log[-10:]) / len(log[-10:]),
               "tensors_changed": changed, "tensors_trained": len(trainable)}
-
-    def write(d: Path) -> None:
-        merged.save_pretrained(d)
-        tok.save_pretrained(d)
-        (d / "train_record.json").write_text(json.dumps(record, indent=2) + "\n")
-
-    save_atomic(out, write)
+    save_model(out, merged, tok, record)
     return record
 
 

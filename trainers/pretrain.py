@@ -219,6 +219,16 @@ def save_atomic(folder: Path, write) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def save_model(out: Path, model, tok, record: dict) -> None:
+    """A servable model folder, written atomically: weights, tokenizer and train_record.json."""
+    def write(d: Path) -> None:
+        model.save_pretrained(d)
+        tok.save_pretrained(d)
+        (d / "train_record.json").write_text(json.dumps(record, indent=2) + "\n")
+
+    save_atomic(out, write)
+
+
 def make_optimizer(model: LlamaForCausalLM, cfg: PretrainConfig) -> torch.optim.Optimizer:
     """Weight decay on the matrices only; AdamW or DeMo by cfg.optimizer."""
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]

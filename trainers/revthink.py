@@ -43,7 +43,7 @@ from tqdm import tqdm
 
 from ponder.strategies.reverse_verify import masked_quantity
 from ponder.tasks import arith
-from ponder.trainers.pretrain import batch_loss, collate, save_atomic
+from ponder.trainers.pretrain import batch_loss, collate, save_atomic, save_model
 from ponder.trainers.tokenizer import encode_example
 
 OBJECTIVES = ("forward", "backward_question", "backward")
@@ -229,13 +229,7 @@ def train(cfg: StudentConfig) -> dict:
               "tensors_changed": sum(int(not torch.equal(p.detach(), b)) for p, b in zip(trainable, before)),
               "tensors_trained": len(trainable)}
     final = model.merge_and_unload() if cfg.lora_rank else model
-
-    def write(d: Path) -> None:
-        final.save_pretrained(d)
-        tok.save_pretrained(d)
-        (d / "train_record.json").write_text(json.dumps(record, indent=2) + "\n")
-
-    save_atomic(out, write)
+    save_model(out, final, tok, record)
     return record
 
 
