@@ -46,5 +46,5 @@ async def test_sigterm_drains_then_ends_the_rest_cleanly():
         took = time.monotonic() - t0
     finally:
         server.stop()
-    assert code == 0 and took < GRACE + 8, (code, took)
+    assert code == 0 and took < GRACE + 20, (code, took)  # a hang guard; the drain itself is GRACE
     assert set(outcomes) <= {"ok", "server_shutting_down"} and "server_shutting_down" in outcomes, outcomes

@@ -6,7 +6,8 @@ import uvicorn
 
 from ponder.server.app import create_app
 from ponder.server.serving import Limits, OpenAIServing
-from ponder.tasks import arith, eval as ev
+from ponder.tasks import arith
+from ponder.tasks import eval as ev
 from tests.fake_engine import FakeEngine
 
 PROBLEMS = {p.question(): p for p in arith.dataset("test", 4)}
