@@ -57,11 +57,7 @@ async def test_cancelling_n_samples_aborts_all_of_them(engine, render):
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    for _ in range(50):
-        if engine.num_unfinished() == 0:
-            break
-        await asyncio.sleep(0.1)
-    assert engine.num_unfinished() == 0
+    await until_idle(engine)
 
 
 async def test_prompt_logprobs_score_what_sampling_saw(engine, render):
@@ -106,11 +102,7 @@ async def test_abort_frees_the_engine(engine, render):
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    for _ in range(50):
-        if engine.num_unfinished() == 0:
-            break
-        await asyncio.sleep(0.1)
-    assert engine.num_unfinished() == 0
+    await until_idle(engine)
 
 
 async def test_committed_model_answers_in_format(engine, render):
@@ -120,3 +112,12 @@ async def test_committed_model_answers_in_format(engine, render):
     assert all(arith.extract_answer(o.text) is not None for o in outs)
     assert all(arith.EQUATION_RE.search(o.text) for o in outs)
     assert sum(arith.is_correct(o.text, p.answer) for o, p in zip(outs, problems)) >= 10
+
+
+async def until_idle(engine, timeout: float = 5.0) -> None:
+    """Every aborted request has left the engine within `timeout` seconds."""
+    for _ in range(int(timeout * 10)):
+        if engine.num_unfinished() == 0:
+            return
+        await asyncio.sleep(0.1)
+    assert engine.num_unfinished() == 0
