@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import json
 from pathlib import Path
+from dataclasses import asdict
 from typing import Any
 
 from ponder.tasks.eval import EvalConfig, _common, evaluate, parse_params, summary
@@ -84,12 +85,18 @@ def main(argv: list[str] | None = None) -> None:
                                                      temperature=a.temperature), a.k_at_n))
     if a.pairs:
         grid.append(("pairs", EvalConfig(**common, format="pairs", n=8, temperature=a.temperature), 8))
+    # Resumable: a point already in sweep.json with the same config is kept, not re-run.
+    done = json.loads((out / "sweep.json").read_text()) if (out / "sweep.json").exists() else []
     records = []
     for label, cfg, n in grid:
-        rec = asyncio.run(evaluate(cfg))
+        config = json.loads(json.dumps(asdict(cfg)))
+        rec = next((r for r in done if r["label"] == label and r.get("config") == config), None)
+        if rec is None:
+            rec = asyncio.run(evaluate(cfg))
+            rec.pop("rows", None)
+            rec = {"label": label, "n": n, **rec}
         print(summary(rec), flush=True)
-        rec.pop("rows", None)
-        records.append({"label": label, "n": n, **rec})
+        records.append(rec)
         (out / "sweep.json").write_text(json.dumps(records, indent=1) + "\n")
     pairs = next((r for r in records if r["label"] == "pairs"), None)
     if pairs:

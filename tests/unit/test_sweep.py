@@ -1,0 +1,29 @@
+"""`ponder eval sweep` keeps finished points: a rerun evaluates only what is missing."""
+
+import json
+from dataclasses import asdict
+
+from ponder.tasks import sweep
+
+
+def test_sweep_resumes(tmp_path, monkeypatch):
+    calls = []
+
+    async def fake_evaluate(cfg):
+        calls.append((cfg.strategy, cfg.params.get("n")))
+        return {"config": asdict(cfg), "model": "m", "problems": 4, "accuracy": 0.5, "ci95": [0.1, 0.9],
+                "completion_tokens_per_problem": 10.0 * cfg.params.get("n", 1), "wall_s": 0.1}
+
+    monkeypatch.setattr(sweep, "evaluate", fake_evaluate)
+    monkeypatch.setattr(sweep, "summary", lambda rec: rec["label"])
+    args = ["--base-url", "http://x/v1", "--limit", "4", "--strategies", "self_consistency",
+            "--out", str(tmp_path)]
+    sweep.main([*args, "--ns", "1,2"])
+    assert calls == [("direct", None), ("self_consistency", 1), ("self_consistency", 2)]
+    calls.clear()
+    sweep.main([*args, "--ns", "1,2,4"])
+    assert calls == [("self_consistency", 4)]
+    records = json.loads((tmp_path / "sweep.json").read_text())
+    assert [(r["label"], r["n"]) for r in records] == [("greedy", 1), ("self_consistency", 1),
+                                                       ("self_consistency", 2), ("self_consistency", 4)]
+    assert (tmp_path / "accuracy_vs_n.png").stat().st_size > 0
