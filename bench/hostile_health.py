@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's tests/ helpers
-from tests.conftest import PonderServer
+from tests.conftest import NAME, PonderServer
 
 MSG = [{"role": "user", "content": "Tom has 3 apples. He buys 4 more. How many apples does Tom have now?"}]
 ROWS = {
@@ -53,7 +53,7 @@ def main() -> None:
                 poller.start()
                 time.sleep(0.2)
                 t0 = time.perf_counter()
-                r = c.post(server.url("/v1/chat/completions"), json={"model": "ponder-tiny", "messages": MSG, **extra})
+                r = c.post(server.url("/v1/chat/completions"), json={"model": NAME, "messages": MSG, **extra})
                 took = time.perf_counter() - t0
                 time.sleep(0.2)
                 stop.set()

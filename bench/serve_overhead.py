@@ -1,6 +1,6 @@
 """Serving overhead: vLLM's own OpenAI server vs `ponder serve` (strategy direct), side by side.
 
-    python bench/serve_overhead.py [--model models/ponder-tiny] [--concurrency 64] [--rounds 4]
+    python bench/serve_overhead.py [--model models/ponder-small] [--concurrency 64] [--rounds 4]
 
 Starts one server, warms it up, puts the same load on it (`--concurrency` chat
 requests at once, `--max-tokens` each, greedy, `--rounds` times), stops it, then

@@ -54,7 +54,7 @@ sys.path.insert(0, str(ROOT))  # the checkout's tests/ helpers
 from tests.conftest import free_port  # noqa: E402
 
 OPTILLM_VERSION = "0.4.0"
-NAME = "ponder-tiny"
+NAME = Path(DEFAULT_MODEL).name
 
 
 # ---- processes ----

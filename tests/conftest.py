@@ -16,6 +16,7 @@ from ponder.server.config import DEFAULT_MODEL, default_models
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = Path(DEFAULT_MODEL)
+NAME = MODEL.name  # the id the default model is served under
 
 
 def free_port() -> int:
@@ -30,7 +31,7 @@ class PonderServer:
     def __init__(self, *args: str, api_key: str | None = None, contrast: bool = True, timeout: float = 300):
         self.port = free_port()
         self.api_key = api_key
-        models = default_models() if contrast else [DEFAULT_MODEL]  # contrast: ponder-tiny-pos/-neg too
+        models = default_models() if contrast else [DEFAULT_MODEL]  # contrast: its -pos/-neg too
         cmd = [sys.executable, "-m", "ponder", "serve", *[a for m in models for a in ("--model", m)],
                "--host", "127.0.0.1", "--port", str(self.port), *args]
         if api_key:

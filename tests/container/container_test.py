@@ -23,6 +23,8 @@ from pathlib import Path
 
 import httpx
 
+from ponder.server.config import DEFAULT_MODEL
+
 ROOT = Path(__file__).resolve().parents[2]
 TAG = uuid.uuid4().hex[:8]
 BASE = f"localhost/ponder-test-debian:{TAG}"
@@ -100,7 +102,7 @@ def run_and_call() -> None:
 
     with OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="sk-container", max_retries=0, timeout=300) as c:
         r = c.chat.completions.create(
-            model="ponder-tiny", max_tokens=200, temperature=0.7, seed=1,
+            model=Path(DEFAULT_MODEL).name, max_tokens=200, temperature=0.7, seed=1,
             messages=[{"role": "user", "content": "Tom has 23 apples. He buys 45 more. How many apples now?"}],
             extra_body={"strategy": {"name": "tournament", "n": 4}})
     print("answer:", r.choices[0].message.content.replace("\n", " | "), "| ponder:", r.ponder["strategy"])

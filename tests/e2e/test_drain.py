@@ -7,9 +7,9 @@ import time
 
 import httpx
 
-from tests.conftest import PonderServer
+from tests.conftest import NAME, PonderServer
 
-MODEL = "ponder-tiny"
+MODEL = NAME
 MSG = [{"role": "user", "content": "Tom has 23 apples. He buys 45 more. How many apples does Tom have now?"}]
 SLOW = {"name": "tournament", "n": 32, "k": 4, "judge_same_answer": True}  # many rounds: longer than the grace
 GRACE = 3.0

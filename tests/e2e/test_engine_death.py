@@ -8,9 +8,9 @@ import openai
 import psutil
 import pytest
 
-from tests.conftest import PonderServer
+from tests.conftest import NAME, PonderServer
 
-MODEL = "ponder-tiny"
+MODEL = NAME
 MSG = [{"role": "user", "content": "Tom has 23 apples. He buys 45 more. How many apples does Tom have now?"}]
 
 

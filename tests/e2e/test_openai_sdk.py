@@ -7,9 +7,10 @@ import openai
 import pytest
 
 from ponder.tasks import arith
+from tests.conftest import NAME
 from tests.e2e.conftest import KEY
 
-MODEL = "ponder-tiny"
+MODEL = NAME
 PROBLEMS = arith.dataset("test", 64)
 Q = PROBLEMS[0].question()
 

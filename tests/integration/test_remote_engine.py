@@ -15,7 +15,7 @@ from ponder.server.engine.remote import RemoteEngine, UpstreamError
 from ponder.strategies.base import Context, Query
 from ponder.strategies.engine import SamplingSpec, collect, render_chat
 from ponder.tasks import arith
-from tests.conftest import MODEL, ROOT, free_port
+from tests.conftest import MODEL, NAME, ROOT, free_port
 
 Q = arith.dataset("test", 1)[0].question()
 GREEDY = SamplingSpec(max_tokens=64, temperature=0.0)
@@ -25,7 +25,7 @@ GREEDY = SamplingSpec(max_tokens=64, temperature=0.0)
 def upstream():
     port = free_port()
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(MODEL),
-           "--served-model-name", "ponder-tiny", "--host", "127.0.0.1", "--port", str(port), "--enforce-eager",
+           "--served-model-name", NAME, "--host", "127.0.0.1", "--port", str(port), "--enforce-eager",
            "--no-enable-chunked-prefill", "--max-num-batched-tokens", "4096", "--gpu-memory-utilization", "0.3",
            "--max-logprobs", "64", "--logits-processors", "ponder.server.engine.logits:MaskTokensAtPositions"]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "VLLM_CPU_KVCACHE_SPACE": "1"}
@@ -53,7 +53,7 @@ def _healthy(url: str) -> bool:
 @pytest.fixture
 async def remote(upstream):
     # The same upstream twice, as a root and as an OpenAI base URL: two "replicas" to spread calls over.
-    eng = RemoteEngine([upstream, upstream + "/v1"], "ponder-tiny", str(MODEL))
+    eng = RemoteEngine([upstream, upstream + "/v1"], NAME, str(MODEL))
     await eng.start()
     posts: list[str] = []
 
@@ -107,10 +107,10 @@ async def test_masking_reaches_the_upstream_logits_processor(remote):
 
 
 async def test_a_strategy_runs_over_the_remote_engine(remote):
-    ctx = Context(lambda m: (remote, None if m == "ponder-tiny" else m), "remote")
+    ctx = Context(lambda m: (remote, None if m == NAME else m), "remote")
     ids = prompt(remote)
     strategy, params = strategies.resolve({"name": "tournament", "n": 4})
-    res = await strategy.run(ctx, Query("ponder-tiny", tuple(ids), Q, SamplingSpec(max_tokens=200, seed=1)), params)
+    res = await strategy.run(ctx, Query(NAME, tuple(ids), Q, SamplingSpec(max_tokens=200, seed=1)), params)
     assert arith.extract_answer(res.choice.text) is not None and ctx.calls == 1 + res.info["judge_calls"]
 
 
@@ -133,16 +133,16 @@ async def test_a_strategy_makes_one_upstream_call_per_round(remote):
     ids = prompt(remote)
     strategy, params = strategies.resolve({"name": "self_consistency", "n": 8})
     spec = SamplingSpec(max_tokens=200, temperature=1.0, seed=3)
-    res = await strategy.run(ctx, Query("ponder-tiny", tuple(ids), Q, spec), params)
+    res = await strategy.run(ctx, Query(NAME, tuple(ids), Q, spec), params)
     assert ctx.calls == 1 and len(remote.posts) == 1 and len(res.trace["candidates"]) == 8
     assert ctx.prompt_tokens == len(ids)  # one prefill for eight samples
     again = Context(lambda m: (remote, None), "sc2")
-    res2 = await strategy.run(again, Query("ponder-tiny", tuple(ids), Q, spec), params)
+    res2 = await strategy.run(again, Query(NAME, tuple(ids), Q, spec), params)
     assert res2.trace == res.trace and again.completion_tokens == ctx.completion_tokens
 
 
 async def test_a_wrong_path_is_a_start_up_error_naming_the_url(upstream):
-    eng = RemoteEngine([upstream + "/openai/v1"], "ponder-tiny", str(MODEL))
+    eng = RemoteEngine([upstream + "/openai/v1"], NAME, str(MODEL))
     with pytest.raises(UpstreamError, match=f"GET {upstream}/openai/v1/models answered 404"):
         await eng.start()
     await eng.aclose()

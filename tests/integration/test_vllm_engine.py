@@ -1,4 +1,4 @@
-"""VllmEngine against real vLLM on ponder-tiny."""
+"""VllmEngine against real vLLM on the default model."""
 
 import asyncio
 
