@@ -1,6 +1,6 @@
 """From-scratch training of a tiny Llama on the built-in arithmetic task.
 
-    ponder-train pretrain --out models/ponder-tiny --preset tiny --steps 6000
+    ponder train pretrain --out models/ponder-small   # the defaults are ponder-small's recipe
 
 Every step draws a fresh batch from the task generator (seeded by step, so a
 resumed run sees exactly the batches it would have seen), mixes the four
@@ -84,21 +84,21 @@ PRESETS = {
 @dataclass
 class PretrainConfig:
     out: str = field(metadata={"help": "output folder: the final model, plus checkpoint/ while training"})
-    preset: str = field(default="tiny", metadata={"help": f"model shape, one of {sorted(PRESETS)}"})
-    steps: int = field(default=3600, metadata={"help": "optimizer steps"})
+    preset: str = field(default="small", metadata={"help": f"model shape, one of {sorted(PRESETS)}"})
+    steps: int = field(default=5000, metadata={"help": "optimizer steps"})
     batch_size: int = field(default=32, metadata={"help": "examples per step"})
     micro_batch: int = field(default=4, metadata={"help": "examples per forward pass (sorted by length)"})
-    lr: float = field(default=1.5e-3, metadata={"help": "peak learning rate"})
+    lr: float = field(default=1e-3, metadata={"help": "peak learning rate"})
     min_lr_ratio: float = field(default=0.1, metadata={"help": "cosine floor as a fraction of lr"})
-    warmup: int = field(default=200, metadata={"help": "linear warm-up steps"})
+    warmup: int = field(default=250, metadata={"help": "linear warm-up steps"})
     weight_decay: float = field(default=0.1, metadata={"help": "decoupled weight decay of the matrices"})
-    mix: str = field(default="forward=0.3,judge=0.3,backward=0.3,backward_question=0.1",
+    mix: str = field(default="forward=0.35,judge=0.3,backward=0.25,backward_question=0.1",
                      metadata={"help": "format=weight,... sampling mix of the task formats"})
     max_steps_per_problem: int = field(default=5, metadata={"help": "task difficulty: longest chain"})
     max_value: int = field(default=999, metadata={"help": "task difficulty: largest intermediate value"})
     vocab_size: int = field(default=1024, metadata={"help": "BPE vocabulary size"})
     seed: int = field(default=0, metadata={"help": "seeds the tokenizer, the weights and every batch"})
-    ckpt_every: int = field(default=500, metadata={"help": "steps between atomic checkpoints"})
+    ckpt_every: int = field(default=250, metadata={"help": "steps between atomic checkpoints"})
     threads: int = field(default=0, metadata={"help": "torch threads (0 = all cores)"})
     device: str = field(default="cpu", metadata={"help": "cpu or cuda"})
     bf16: bool = field(default=True, metadata={"help": "bf16 autocast (1.4x faster on AVX512-BF16 CPUs)"})
@@ -348,11 +348,12 @@ def _train(cfg: PretrainConfig, rank: distributed.Rank) -> Path:
 
 def export(model: LlamaForCausalLM, tok: PreTrainedTokenizerFast, out: Path,
            cfg: PretrainConfig, losses: list[float], seconds: float, traffic: dict | None = None) -> None:
-    """The servable folder: config, safetensors, tokenizer, generation config."""
+    """The servable folder: config, bf16 safetensors (half the bytes; vLLM serves bf16), tokenizer,
+    generation config. Converts the model in place: it is the last use of it."""
     model.generation_config = GenerationConfig(
         eos_token_id=tok.convert_tokens_to_ids(END), pad_token_id=tok.pad_token_id,
         do_sample=False, max_new_tokens=256)
-    model.to("cpu").save_pretrained(out)
+    model.to("cpu", torch.bfloat16).save_pretrained(out)
     tok.save_pretrained(out)
     record = {"config": asdict(cfg), "train_seconds": round(seconds, 1),
               "parameters": sum(p.numel() for p in model.parameters()),

@@ -39,7 +39,9 @@ def test_pretrain_loss_falls_and_weights_change(tmp_path):
     rec = json.loads((tmp_path / "m" / "train_record.json").read_text())
     assert rec["loss_last_50"] < 0.6 * rec["loss_first_50"]
     trained = load_file(tmp_path / "m" / "model.safetensors")
-    assert not torch.equal(trained["model.layers.0.mlp.up_proj.weight"], init["model.layers.0.mlp.up_proj.weight"])
+    w = "model.layers.0.mlp.up_proj.weight"
+    assert trained[w].dtype == torch.bfloat16  # exported in bf16
+    assert not torch.equal(trained[w], init[w].to(torch.bfloat16))
     assert not (tmp_path / "m" / "checkpoint").exists()
     assert (tmp_path / "m" / "tokenizer.json").exists() and (tmp_path / "m" / "generation_config.json").exists()
 
