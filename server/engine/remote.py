@@ -223,8 +223,9 @@ class RemoteEngine:
         n = len(pool)
         return min(pool, key=lambda r: (r.sequences, (pool.index(r) - turn) % n))
 
-    async def _call(self, body: dict[str, Any], sequences: int) -> dict[str, Any]:
-        """One non-streamed call, retried once on another replica when that is safe."""
+    async def _request(self, body: dict[str, Any], sequences: int) -> AsyncIterator[dict[str, Any]]:
+        """One call: its JSON answer, or each SSE chunk when `body["stream"]`. Sent once more to
+        another replica when it fails before anything was passed on (see the module notes)."""
         failed: Replica | None = None
         same_ok = False
         for attempt in range(2):
@@ -232,25 +233,49 @@ class RemoteEngine:
             if r is None:
                 break
             r.sequences += sequences
+            passed = False
             try:
-                resp = await self.client.post(r.completions, json=body)
+                async with self.client.stream("POST", r.completions, json=body) as resp:
+                    if resp.status_code >= 400:
+                        await resp.aread()
+                        error: EngineError = _error_for(resp, r)
+                        if not _retryable_status(resp.status_code):
+                            raise error
+                    elif not body["stream"]:
+                        data = json.loads(await resp.aread())
+                        passed = True
+                        yield data
+                        return
+                    else:
+                        async for line in resp.aiter_lines():
+                            if not line.startswith("data: ") or line == "data: [DONE]":
+                                continue
+                            data = json.loads(line[6:])
+                            if "error" in data:
+                                raise EngineError(data["error"].get("message", "upstream error"))
+                            passed = True
+                            yield data
+                        return
             except RETRYABLE as e:
-                error: EngineError = self._lost(r, e)
+                if passed:  # the caller has tokens from this replica: no second try
+                    raise EngineDeadError(f"upstream {r.url} failed mid-stream: {type(e).__name__}: {e}") from e
+                error = self._lost(r, e)
                 same_ok = isinstance(e, DROPPED)
             except httpx.TransportError as e:
                 raise EngineDeadError(f"upstream {r.url} failed: {type(e).__name__}: {e}") from e
-            else:
-                if resp.status_code < 400:
-                    return json.loads(resp.content)
-                error = _error_for(resp, r)
-                if not _retryable_status(resp.status_code):
-                    raise error
             finally:
                 r.sequences -= sequences
             failed = r
             if attempt == 0:
                 log.info("upstream %s: %s; sending the call to another replica", r.url, error)
         raise error
+
+    async def _call(self, body: dict[str, Any], sequences: int) -> dict[str, Any]:
+        """A non-streamed call's JSON answer."""
+        async with contextlib.aclosing(self._request(body, sequences)) as answers:
+            async for data in answers:
+                return data
+        raise EngineError("upstream sent no answer")
 
     def _lost(self, r: Replica, e: Exception) -> EngineError:
         if isinstance(e, (httpx.ConnectError, httpx.ConnectTimeout)):
@@ -265,50 +290,14 @@ class RemoteEngine:
         if not stream:
             data = await self._call(body, 1)
             usage = data.get("usage") or {}
-            choice = data["choices"][0]
-            yield self._output(choice, spec, usage.get("prompt_tokens", 0), usage.get("completion_tokens"))
+            yield self._output(data["choices"][0], spec, usage.get("prompt_tokens", 0), usage.get("completion_tokens"))
             return
-        failed: Replica | None = None
-        same_ok = False
-        for attempt in range(2):
-            r = self._pick(exclude=failed) or (failed if same_ok else None)
-            if r is None:
-                break
-            r.sequences += 1
-            streamed = False
-            try:
-                async with self.client.stream("POST", r.completions, json=body) as resp:
-                    if resp.status_code >= 400:
-                        await resp.aread()
-                        error: EngineError = _error_for(resp, r)
-                        if not _retryable_status(resp.status_code):
-                            raise error
-                    else:
-                        async for line in resp.aiter_lines():
-                            if not line.startswith("data: ") or line == "data: [DONE]":
-                                continue
-                            data = json.loads(line[6:])
-                            if "error" in data:
-                                raise EngineError(data["error"].get("message", "upstream error"))
-                            if data.get("choices"):
-                                usage = data.get("usage") or {}
-                                streamed = True
-                                yield self._output(data["choices"][0], spec, usage.get("prompt_tokens", 0),
-                                                   usage.get("completion_tokens"))
-                        return
-            except RETRYABLE as e:
-                if streamed:  # the caller has tokens from this replica: no second try
-                    raise EngineDeadError(f"upstream {r.url} failed mid-stream: {type(e).__name__}: {e}") from e
-                error = self._lost(r, e)
-                same_ok = isinstance(e, DROPPED)
-            except httpx.TransportError as e:
-                raise EngineDeadError(f"upstream {r.url} failed: {type(e).__name__}: {e}") from e
-            finally:
-                r.sequences -= 1
-            failed = r
-            if attempt == 0:
-                log.info("upstream %s: %s; sending the call to another replica", r.url, error)
-        raise error
+        async with contextlib.aclosing(self._request(body, 1)) as chunks:
+            async for data in chunks:
+                if data.get("choices"):
+                    usage = data.get("usage") or {}
+                    yield self._output(data["choices"][0], spec, usage.get("prompt_tokens", 0),
+                                       usage.get("completion_tokens"))
 
     async def sample(self, prompt: Prompt, spec: SamplingSpec, n: int, request_id: str, *,
                      model: str | None = None) -> list[Output]:
