@@ -1,7 +1,7 @@
 """`ponder eval`: accuracy of a model + strategy on a built-in task, through the HTTP API.
 
     ponder eval --base-url http://localhost:8000/v1 --strategy tournament --param n=8 --limit 500
-    ponder eval --model models/ponder-tiny --format judge          # in-process engine, same HTTP code
+    ponder eval --model models/ponder-small --format judge          # in-process engine, same HTTP code
     ponder eval sweep --base-url ... --strategies self_consistency,tournament --ns 1,2,4,8,16
     ponder eval --base-url ... --format pairs --n 8 --temperature 0.7   # the tournament's p_gen and p_comp
 
@@ -97,6 +97,16 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
     return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def diff_interval(a: dict[str, Any], b: dict[str, Any]) -> tuple[float, float]:
+    """95% interval of accuracy(a) - accuracy(b) from the two Wilson intervals (Newcombe's method 10).
+
+    Treats the two runs as independent; runs on the same problems are positively correlated, so
+    this interval is wider than a paired one: "above it" is a conservative claim."""
+    (pa, (la, ua)), (pb, (lb, ub)) = (a["accuracy"], a["ci95"]), (b["accuracy"], b["ci95"])
+    d = pa - pb
+    return d - math.hypot(pa - la, ub - pb), d + math.hypot(ua - pa, pb - lb)
 
 
 @asynccontextmanager

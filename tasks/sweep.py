@@ -17,7 +17,7 @@ from pathlib import Path
 from dataclasses import asdict
 from typing import Any
 
-from ponder.tasks.eval import EvalConfig, _common, evaluate, parse_params, summary
+from ponder.tasks.eval import EvalConfig, _common, diff_interval, evaluate, parse_params, summary
 
 
 def plot(records: list[dict[str, Any]], out: Path) -> None:
@@ -98,6 +98,13 @@ def main(argv: list[str] | None = None) -> None:
         print(summary(rec), flush=True)
         records.append(rec)
         (out / "sweep.json").write_text(json.dumps(records, indent=1) + "\n")
+    greedy = records[0]
+    for r in records[1:]:
+        if r["label"] != "pairs":
+            r["vs_greedy"] = [r["accuracy"] - greedy["accuracy"], *diff_interval(r, greedy)]
+            print(f"{r['label']} N={r['n']}: {r['accuracy']:.3f} - greedy {greedy['accuracy']:.3f} = "
+                  f"{r['vs_greedy'][0]:+.3f} [{r['vs_greedy'][1]:+.3f}, {r['vs_greedy'][2]:+.3f}]")
+    (out / "sweep.json").write_text(json.dumps(records, indent=1) + "\n")
     pairs = next((r for r in records if r["label"] == "pairs"), None)
     if pairs:
         from ponder.strategies.tournament import failure_bound

@@ -39,3 +39,11 @@ async def test_pairs_measures_p_gen_and_a_position_biased_p_comp(tok):
     assert rec["p_gen"] == 0.5 and rec["pass@4"] == 1.0 and rec["pairs"] == 4
     assert rec["p_comp_text_by_order"] == [1.0, 0.0] and rec["p_comp_text"] == 0.5
     assert "p_comp_logprob" in rec and "failure bound" in ev.summary(rec)
+
+
+def test_diff_interval_is_newcombes():
+    # Newcombe (1998), Statistics in Medicine 17:873, example (a): 56/70 vs 48/80 -> 0.2000 [0.0524, 0.3339].
+    a = {"accuracy": 56 / 70, "ci95": ev.wilson(56, 70)}
+    b = {"accuracy": 48 / 80, "ci95": ev.wilson(48, 80)}
+    lo, hi = ev.diff_interval(a, b)
+    assert round(lo, 3) == 0.052 and round(hi, 3) == 0.334
