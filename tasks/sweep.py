@@ -85,7 +85,8 @@ def main(argv: list[str] | None = None) -> None:
                                                      temperature=a.temperature), a.k_at_n))
     if a.pairs:
         grid.append(("pairs", EvalConfig(**common, format="pairs", n=8, temperature=a.temperature), 8))
-    # Resumable: a point already in sweep.json with the same config is kept, not re-run.
+    # Resumable and cumulative: a point already in sweep.json with the same config is kept, not
+    # re-run, and the points of earlier sweeps into the same folder stay in it.
     done = json.loads((out / "sweep.json").read_text()) if (out / "sweep.json").exists() else []
     records = []
     for label, cfg, n in grid:
@@ -97,7 +98,8 @@ def main(argv: list[str] | None = None) -> None:
             rec = {"label": label, "n": n, **rec}
         print(summary(rec), flush=True)
         records.append(rec)
-        (out / "sweep.json").write_text(json.dumps(records, indent=1) + "\n")
+        (out / "sweep.json").write_text(json.dumps(records + [r for r in done if r not in records], indent=1) + "\n")
+    records += [r for r in done if r not in records]  # points of earlier sweeps into the same folder stay
     greedy = records[0]
     for r in records[1:]:
         if r["label"] != "pairs":

@@ -27,3 +27,8 @@ def test_sweep_resumes(tmp_path, monkeypatch):
     assert [(r["label"], r["n"]) for r in records] == [("greedy", 1), ("self_consistency", 1),
                                                        ("self_consistency", 2), ("self_consistency", 4)]
     assert (tmp_path / "accuracy_vs_n.png").stat().st_size > 0
+    calls.clear()
+    sweep.main([*args, "--ns", "8"])  # another point: the earlier ones stay in the file
+    assert calls == [("self_consistency", 8)]
+    records = json.loads((tmp_path / "sweep.json").read_text())
+    assert sorted(r["n"] for r in records if r["label"] == "self_consistency") == [1, 2, 4, 8]
