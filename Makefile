@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-MODEL ?= models/ponder-tiny
+MODEL ?= models/ponder-small
 HOST ?= 0.0.0.0
 PORT ?= 8000
 # The contrastive models of the critical_tokens strategy (<model>-pos, <model>-neg), when present.

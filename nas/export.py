@@ -1,6 +1,6 @@
 """Puzzle step 7: a child as a DeciLM checkpoint that vLLM and ponder both load.
 
-    ponder nas export --run runs/nas --child x1.50 --out models/ponder-tiny-puzzle
+    ponder nas export --run runs/nas --child x1.50 --out models/ponder-small-puzzle
 
 The folder holds config.json (`architectures: ["DeciLMForCausalLM"]`,
 `model_type: "nemotron-nas"`, one `block_configs` entry per layer), the config
@@ -10,7 +10,7 @@ tensors for a no-op; no KV cache for a no-op attention in vLLM), the parent's
 tokenizer and chat template, and nas_record.json (how it was made).
 
 vLLM serves it with its own `nemotron_nas` model, given trust_remote_code:
-    ponder serve --model models/ponder-tiny-puzzle --engine-arg trust_remote_code=true
+    ponder serve --model models/ponder-small-puzzle --engine-arg trust_remote_code=true
 ponder's PyTorch code loads it with `ponder.nas.decilm.load`.
 """
 

@@ -1,6 +1,6 @@
 """Puzzle step 1: the search space per layer, initialised from the parent.
 
-    ponder nas space --parent models/ponder-tiny --run runs/nas
+    ponder nas space --parent models/ponder-small --run runs/nas
 
 Every layer offers the same menu (PAPERS.md section 4, step 1):
   attention: parent | GQA with n_heads_in_group in kv_groups (fewer KV heads) | no-op

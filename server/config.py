@@ -26,11 +26,11 @@ from ponder.server.protocol import EffortLevel
 # The built-in models are package data of ponder.models: the checkout's models/
 # in an editable install, site-packages/ponder/models from a wheel.
 MODELS = Path(str(resources.files("ponder.models")))
-DEFAULT_MODEL = str(MODELS / "ponder-tiny")
+DEFAULT_MODEL = str(MODELS / "ponder-small")
 
 
 def default_models() -> list[str]:
-    """ponder-tiny, with the contrastive models critical_tokens scores with when they are there."""
+    """ponder-small, with the contrastive models critical_tokens scores with when they are there."""
     contrast = [f"{DEFAULT_MODEL}-{k}" for k in ("pos", "neg")]
     return [DEFAULT_MODEL, *(m for m in contrast if Path(m, "config.json").exists())]
 
@@ -39,7 +39,7 @@ def default_models() -> list[str]:
 class ServeConfig:
     model: list[str] = field(default_factory=default_models, metadata={
         "help": "model folder (or upstream model name with --upstream); repeat to serve several "
-                "(default: models/ponder-tiny and its -pos/-neg contrastive models)"})
+                "(default: models/ponder-small and its -pos/-neg contrastive models)"})
     served_model_name: list[str] = field(default_factory=list, metadata={
         "help": "ids to serve the models under (default: folder names), one per --model"})
     lora: list[str] = field(default_factory=list, metadata={

@@ -1,8 +1,8 @@
 """Offline trainers: from-scratch pretraining of tiny models, cDPO's contrastive models and its token-weighted DPO.
 
-    ponder train pretrain --out models/ponder-tiny
-    ponder train cdpo-contrast --base models/ponder-tiny
-    ponder train cdpo --base models/ponder-tiny --pos models/ponder-tiny-pos --neg models/ponder-tiny-neg \
+    ponder train pretrain --out models/ponder-small
+    ponder train cdpo-contrast --base models/ponder-small
+    ponder train cdpo --base models/ponder-small --pos models/ponder-small-pos --neg models/ponder-small-neg \
         --out runs/cdpo
     ponder train revthink-data --teacher-base-url URL --teacher-model NAME --out runs/revthink
     ponder train revthink --data runs/revthink --student PATH --out runs/revthink-student

@@ -1,6 +1,6 @@
 """cDPO, stage 1: the positive and negative models behind contrastive estimation (Lin et al. 2024).
 
-    ponder train cdpo-contrast --base models/ponder-tiny
+    ponder train cdpo-contrast --base models/ponder-small
 
 1. Sample the base model (through vLLM) on training problems, `samples` per problem.
 2. Split the trajectories by the task's checker into correct and incorrect.
@@ -10,7 +10,7 @@
    adapters barely part after one).
 4. Merge each adapter into a copy of the base and save it as a full model
    (with the base's tokenizer) that ponder serves beside the base
-   (`--model ponder-tiny --model ponder-tiny-pos --model ponder-tiny-neg`); the
+   (`--model ponder-small --model ponder-small-pos --model ponder-small-neg`); the
    critical_tokens strategy contrasts them token by token. Merged, not served
    as LoRA: vLLM's CPU LoRA path fails on prompt log-probs (its punica CPU
    wrapper maps LoRA logits per request, not per prompt token), and scoring is
@@ -38,7 +38,7 @@ from ponder.trainers.tokenizer import encode_example
 
 @dataclass
 class ContrastConfig:
-    base: str = field(default="models/ponder-tiny", metadata={"help": "the base model folder"})
+    base: str = field(default="models/ponder-small", metadata={"help": "the base model folder"})
     out_prefix: str = field(default="", metadata={"help": "adapters go to <prefix>-pos and <prefix>-neg "
                                                            "(default: the base folder's path)"})
     problems: int = field(default=2000, metadata={"help": "training problems to sample"})
