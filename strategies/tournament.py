@@ -33,7 +33,8 @@ JUDGE_PATTERN = arith.WINNER_RE.pattern
 @dataclass(frozen=True)
 class Params(StrategyParams):
     n: int = param(8, "candidates", ge=1)
-    k: int = param(2, "judge calls per pair, split across both orders", ge=1, le=64)
+    k: int = param(2, "judge calls per pair, split evenly across both orders (at least one per order: "
+                      "k=1 plays as k=2)", ge=1, le=64)
     judge: str = param("text", "'text': count the verdicts the judge writes; 'logprob': average the log-prob "
                        "margin of 'Solution 1' over 'Solution 2' across both orders (a position bias cancels)",
                        choices=("text", "logprob"))

@@ -13,8 +13,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-from pathlib import Path
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 from ponder.tasks.eval import EvalConfig, _common, diff_interval, evaluate, parse_params, summary

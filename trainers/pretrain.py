@@ -16,6 +16,7 @@ of ranks. `--optimizer adamw` all-reduces gradients (DDP); `--optimizer demo`
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -349,11 +350,11 @@ def _train(cfg: PretrainConfig, rank: distributed.Rank) -> Path:
 def export(model: LlamaForCausalLM, tok: PreTrainedTokenizerFast, out: Path,
            cfg: PretrainConfig, losses: list[float], seconds: float, traffic: dict | None = None) -> None:
     """The servable folder: config, bf16 safetensors (half the bytes; vLLM serves bf16), tokenizer,
-    generation config. Converts the model in place: it is the last use of it."""
+    generation config. The model itself stays as it trained (fp32)."""
     model.generation_config = GenerationConfig(
         eos_token_id=tok.convert_tokens_to_ids(END), pad_token_id=tok.pad_token_id,
         do_sample=False, max_new_tokens=256)
-    model.to("cpu", torch.bfloat16).save_pretrained(out)
+    copy.deepcopy(model).to("cpu", torch.bfloat16).save_pretrained(out)
     tok.save_pretrained(out)
     record = {"config": asdict(cfg), "train_seconds": round(seconds, 1),
               "parameters": sum(p.numel() for p in model.parameters()),
