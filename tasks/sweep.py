@@ -5,7 +5,8 @@
 
 Greedy `direct` runs once (N=1, temperature 0) as the baseline; every other
 strategy runs at each N with `--temperature`. Writes sweep.json, accuracy_vs_n.png
-and accuracy_vs_tokens.png (95% intervals as error bars).
+and accuracy_vs_tokens.png (95% intervals as error bars). A rerun into the same --out keeps the
+points already there and runs only the missing ones; use a fresh folder for other settings.
 """
 
 from __future__ import annotations
