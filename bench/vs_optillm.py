@@ -51,10 +51,9 @@ from ponder.tasks import arith
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the checkout's tests/ helpers
-from tests.conftest import free_port  # noqa: E402
+from tests.conftest import NAME, free_port  # noqa: E402
 
 OPTILLM_VERSION = "0.4.0"
-NAME = Path(DEFAULT_MODEL).name
 
 
 # ---- processes ----

@@ -88,37 +88,38 @@ def main(argv: list[str] | None = None) -> None:
         grid.append(("pairs", EvalConfig(**common, format="pairs", n=8, temperature=a.temperature), 8))
     # Resumable and cumulative: a point already in sweep.json with the same config is kept, not
     # re-run, and the points of earlier sweeps into the same folder stay in it.
-    done = json.loads((out / "sweep.json").read_text()) if (out / "sweep.json").exists() else []
-    records = []
+    path = out / "sweep.json"
+    records = json.loads(path.read_text()) if path.exists() else []
+    ran = []  # this sweep's points, in grid order
     for label, cfg, n in grid:
         config = json.loads(json.dumps(asdict(cfg)))
-        rec = next((r for r in done if r["label"] == label and r.get("config") == config), None)
+        rec = next((r for r in records if r["label"] == label and r.get("config") == config), None)
         if rec is None:
             rec = asyncio.run(evaluate(cfg))
             rec.pop("rows", None)
             rec = {"label": label, "n": n, **rec}
+            records.append(rec)
+            path.write_text(json.dumps(records, indent=1) + "\n")
         print(summary(rec), flush=True)
-        records.append(rec)
-        (out / "sweep.json").write_text(json.dumps(records + [r for r in done if r not in records], indent=1) + "\n")
-    records += [r for r in done if r not in records]  # points of earlier sweeps into the same folder stay
-    greedy = records[0]
-    for r in records[1:]:
-        if r["label"] != "pairs":
+        ran.append(rec)
+    greedy = ran[0]
+    for r in records:
+        if r is not greedy and r["label"] != "pairs":
             r["vs_greedy"] = [r["accuracy"] - greedy["accuracy"], *diff_interval(r, greedy)]
             print(f"{r['label']} N={r['n']}: {r['accuracy']:.3f} - greedy {greedy['accuracy']:.3f} = "
                   f"{r['vs_greedy'][0]:+.3f} [{r['vs_greedy'][1]:+.3f}, {r['vs_greedy'][2]:+.3f}]")
-    (out / "sweep.json").write_text(json.dumps(records, indent=1) + "\n")
+    path.write_text(json.dumps(records, indent=1) + "\n")
     pairs = next((r for r in records if r["label"] == "pairs"), None)
     if pairs:
-        from ponder.strategies.tournament import failure_bound
+        from ponder.strategies.tournament import Params, failure_bound
 
         for r in records:
             if r["label"].startswith("tournament"):
-                k = 2 * max(1, r["config"]["params"].get("k", 2) // 2)  # calls per pair, both orders
-                mode = r["config"]["params"].get("judge", "text")
+                params = Params(**r["config"]["params"])
                 r["failure"] = 1 - r["accuracy"]
-                r["failure_bound"] = failure_bound(pairs["p_gen"], pairs[f"p_comp_{mode}"], r["n"], k)
+                r["failure_bound"] = failure_bound(pairs["p_gen"], pairs[f"p_comp_{params.judge}"], r["n"],
+                                                   2 * params.per_order)  # calls per pair, both orders
                 print(f"{r['label']} N={r['n']}: failure {r['failure']:.3f}, bound {r['failure_bound']:.3f}")
-        (out / "sweep.json").write_text(json.dumps(records, indent=1) + "\n")
+        path.write_text(json.dumps(records, indent=1) + "\n")
     plot([r for r in records if r["label"] != "pairs"], out)
     print(f"wrote {out}/sweep.json, accuracy_vs_n.png, accuracy_vs_tokens.png")

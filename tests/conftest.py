@@ -19,6 +19,20 @@ MODEL = Path(DEFAULT_MODEL)
 NAME = MODEL.name  # the id the default model is served under
 
 
+def dies_at_call(fn, n: int):
+    """fn, except that its n-th call raises KeyboardInterrupt: a training run killed mid-way."""
+    calls = 0
+
+    def wrapper(*a, **k):
+        nonlocal calls
+        calls += 1
+        if calls == n:
+            raise KeyboardInterrupt
+        return fn(*a, **k)
+
+    return wrapper
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -242,9 +242,7 @@ class RemoteEngine:
                         if not _retryable_status(resp.status_code):
                             raise error
                     elif not body["stream"]:
-                        data = json.loads(await resp.aread())
-                        passed = True
-                        yield data
+                        yield json.loads(await resp.aread())
                         return
                     else:
                         async for line in resp.aiter_lines():

@@ -10,6 +10,7 @@ from ponder.strategies.engine import render_chat
 from ponder.tasks import arith
 from ponder.trainers import dpo
 from ponder.trainers.pretrain import ModelPreset
+from tests.conftest import dies_at_call
 
 
 def logps(*shape, seed=0):
@@ -60,15 +61,8 @@ def test_a_killed_run_resumes_from_its_checkpoint(tmp_path, tok, monkeypatch):
                              epochs=3, batch_size=4, micro_batch=4, ckpt_every=2)
 
     unbroken = dpo.train(cfg("a"), pairs)
-    real, calls = dpo.preference_loss, {"n": 0}
-
-    def dies_at_step_4(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 4:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(dpo, "preference_loss", dies_at_step_4)
+    real = dpo.preference_loss
+    monkeypatch.setattr(dpo, "preference_loss", dies_at_call(real, 4))
     with pytest.raises(KeyboardInterrupt):
         dpo.train(cfg("b"), pairs)
     assert (tmp_path / "b" / "checkpoint" / "state.pt").exists()

@@ -3,6 +3,9 @@
 import json
 from dataclasses import asdict
 
+import pytest
+
+from ponder.strategies.tournament import failure_bound
 from ponder.tasks import sweep
 
 
@@ -32,3 +35,21 @@ def test_sweep_resumes(tmp_path, monkeypatch):
     assert calls == [("self_consistency", 8)]
     records = json.loads((tmp_path / "sweep.json").read_text())
     assert sorted(r["n"] for r in records if r["label"] == "self_consistency") == [1, 2, 4, 8]
+
+
+
+def test_sweep_puts_the_failure_bound_beside_each_tournament(tmp_path, monkeypatch):
+    async def fake_evaluate(cfg):
+        rec = {"config": asdict(cfg), "model": "m", "problems": 4, "accuracy": 0.75, "ci95": [0.3, 0.95],
+               "completion_tokens_per_problem": 10.0, "wall_s": 0.1}
+        return rec | ({"p_gen": 0.6, "p_comp_text": 0.9, "p_comp_logprob": 0.8} if cfg.format == "pairs" else {})
+
+    monkeypatch.setattr(sweep, "evaluate", fake_evaluate)
+    monkeypatch.setattr(sweep, "summary", lambda rec: rec["label"])
+    sweep.main(["--base-url", "http://x/v1", "--limit", "4", "--strategies", "tournament", "--ns", "4",
+                "--ks", "1,4", "--param", "tournament.judge=logprob", "--pairs", "--out", str(tmp_path)])
+    rows = {r["label"]: r for r in json.loads((tmp_path / "sweep.json").read_text())}
+    # K=1 plays as one call per order; the logprob judge's p_comp is the one used
+    assert rows["tournament K=1"]["failure_bound"] == pytest.approx(failure_bound(0.6, 0.8, 8, 2))
+    assert rows["tournament K=4"]["failure_bound"] == pytest.approx(failure_bound(0.6, 0.8, 8, 4))
+    assert rows["tournament"]["failure"] == pytest.approx(0.25)

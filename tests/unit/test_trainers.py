@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 from ponder.tasks import arith
 from ponder.trainers import pretrain
 from ponder.trainers.tokenizer import END, encode_example
+from tests.conftest import dies_at_call
 
 
 def test_tokenizer_round_trips_and_masks_the_prompt(tok):
@@ -48,16 +49,8 @@ def test_pretrain_loss_falls_and_weights_change(tmp_path):
 
 def test_checkpoints_are_atomic_and_resume(tmp_path, monkeypatch):
     cfg = small(tmp_path / "r", steps=80)
-    calls = {"n": 0}
     real = pretrain.batch_loss
-
-    def dies_at_step_60(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 61:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(pretrain, "batch_loss", dies_at_step_60)
+    monkeypatch.setattr(pretrain, "batch_loss", dies_at_call(real, 61))  # killed in step 60
     with pytest.raises(KeyboardInterrupt):
         pretrain.train(cfg)
     state = torch.load(tmp_path / "r" / "checkpoint" / "state.pt", weights_only=False)
