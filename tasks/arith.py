@@ -8,13 +8,14 @@ that training and the strategies need:
   backward_question  question + "The correct answer is N." -> the same story with
                      one quantity replaced by x and the answer given (RevThink's Q_b)
   backward           Q_b -> equations that undo the steps -> "Answer: x"
-  judge              question + two solutions -> every equation redone and compared
+  judge              question + two solutions -> every equation checked backwards
                      -> "Winner: Solution 1|2" (one correct, one with a slip)
 
-The judge verifies instead of re-solving: each check redoes one equation from
-inputs copied out of the solution, so a slip does not compound along the chain
-the way it does when solving. That is why a judge can beat greedy decoding (the
-premise of the knockout tournament).
+The judge verifies instead of re-solving: each check undoes one equation from
+numbers copied out of the solution, so a slip does not compound along the chain
+the way it does when solving, and the inverse computation does not share the
+forward one's slips. That is why a judge can beat greedy decoding (the premise
+of the knockout tournament).
 
 Splits are decided by a hash of the arithmetic chain (not of its wording), so
 train, validation and test never share a problem.
@@ -329,17 +330,22 @@ def judge_prompt(question: str, solution_1: str, solution_2: str) -> str:
 
 
 def judge_verdict(solution_1: str, solution_2: str) -> str:
-    """The judge's target: every equation of both solutions redone, then compared.
+    """The judge's target: every equation of both solutions checked backwards, then compared.
 
-    Equation line "a op b = c" labelled L becomes "L: a op b = r, says c, ok" (or
-    "wrong" when the redone result r differs from c); checking a solution stops
-    at its first wrong line (the rest follows from it). The label says which
-    prompt line is copied; "a op b = " is where the model has learned to compute;
-    writing c out puts both numbers side by side, so the verdict is a local
-    comparison. Redoing one equation from copied inputs does not compound errors
-    the way solving does. The winner is the solution with no wrong line;
-    otherwise "Tie". It checks arithmetic, not whether the operands were read
-    correctly from the question.
+    Equation line "a op b = c" labelled L becomes "L: c inv b = r, says a, ok"
+    (or "wrong" when the recovered input r differs from the line's a), where inv
+    undoes op (c - b for +, c + b for -, c * b for /); checking a solution stops
+    at its first wrong line (the rest follows from it). The check runs backwards
+    on purpose: a forward redo "a op b = " repeats a prefix the prompt already
+    holds, so the model copies the solution's own c instead of computing (it did:
+    the forward judge picked the correct one of its own samples 0.505 of the
+    time), and a slip the model makes forward is the one it would redo. The
+    inverse is another computation, whose slips are not the same ones. A
+    product keeps the forward redo "a * b = r, says c" (c / b need not be
+    exact). The label says which prompt line is checked; the verdict is a local
+    comparison of two numbers written side by side. The winner is the solution
+    with no wrong line; otherwise "Tie". It checks arithmetic, not whether the
+    operands were read correctly from the question.
     """
     lines, clean = [], []
     for k, solution in ((1, solution_1), (2, solution_2)):
@@ -349,10 +355,13 @@ def judge_verdict(solution_1: str, solution_2: str) -> str:
             if m is None:
                 continue
             a, op, b, c = int(m[1]), m[2], int(m[3]), int(m[4])
-            exact = op != "/" or (b > 0 and a % b == 0)
-            r = (a // b if b else 0) if op == "/" else apply(op, a, b)
-            ok = exact and r == c
-            lines.append(f"{label}: {a} {op} {b} = {r}, says {c}, " + ("ok" if ok else "wrong"))
+            if op == "*":
+                check, r, says = f"{a} * {b}", a * b, c
+            else:
+                inv = {"+": "-", "-": "+", "/": "*"}[op]
+                check, r, says = f"{c} {inv} {b}", apply(inv, c, b), a
+            ok = r == says
+            lines.append(f"{label}: {check} = {r}, says {says}, " + ("ok" if ok else "wrong"))
             if not ok:
                 break
         clean.append(ok)

@@ -100,13 +100,31 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
 
 
 def diff_interval(a: dict[str, Any], b: dict[str, Any]) -> tuple[float, float]:
-    """95% interval of accuracy(a) - accuracy(b) from the two Wilson intervals (Newcombe's method 10).
+    """95% interval of accuracy(a) - accuracy(b), by Newcombe's square-and-add of the two Wilson intervals.
 
-    Treats the two runs as independent; runs on the same problems are positively correlated, so
-    this interval is wider than a paired one: "above it" is a conservative claim."""
+    When both records carry their per-problem outcomes ("correct") on the same problems, the
+    interval is the paired one (Newcombe 1998, Statistics in Medicine 17:2635, method 10): the
+    two runs' positive correlation over problems (phi of the 2x2 table, shrunk by n/2 as the paper
+    does) narrows it. Otherwise the runs are treated as independent (the same paper's 17:873,
+    method 10), which is wider: "above it" is then a conservative claim. Written out here because
+    neither scipy nor statsmodels has the paired form.
+    """
     (pa, (la, ua)), (pb, (lb, ub)) = (a["accuracy"], a["ci95"]), (b["accuracy"], b["ci95"])
+    phi = 0.0
+    xa, xb = a.get("correct"), b.get("correct")
+    if xa is not None and xb is not None and len(xa) == len(xb):
+        n = len(xa)
+        both = sum(x and y for x, y in zip(xa, xb))
+        only_a = sum(x and not y for x, y in zip(xa, xb))
+        only_b = sum(y and not x for x, y in zip(xa, xb))
+        neither = n - both - only_a - only_b
+        margins = (both + only_a) * (only_b + neither) * (both + only_b) * (only_a + neither)
+        cross = both * neither - only_a * only_b
+        shrunk = cross - n / 2 if cross > n / 2 else min(cross, 0)
+        phi = shrunk / math.sqrt(margins) if margins else 0.0
     d = pa - pb
-    return d - math.hypot(pa - la, ub - pb), d + math.hypot(ua - pa, pb - lb)
+    return (d - math.sqrt((pa - la) ** 2 - 2 * phi * (pa - la) * (ub - pb) + (ub - pb) ** 2),
+            d + math.sqrt((pb - lb) ** 2 - 2 * phi * (pb - lb) * (ua - pa) + (ua - pa) ** 2))
 
 
 @asynccontextmanager

@@ -96,7 +96,8 @@ def main(argv: list[str] | None = None) -> None:
         rec = next((r for r in records if r["label"] == label and r.get("config") == config), None)
         if rec is None:
             rec = asyncio.run(evaluate(cfg))
-            rec.pop("rows", None)
+            if "rows" in rec:  # per-problem outcomes, for the paired interval against greedy
+                rec["correct"] = [int(row["ok"][0]) for row in rec.pop("rows")]
             rec = {"label": label, "n": n, **rec}
             records.append(rec)
             path.write_text(json.dumps(records, indent=1) + "\n")

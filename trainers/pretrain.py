@@ -86,6 +86,9 @@ PRESETS = {
 class PretrainConfig:
     out: str = field(metadata={"help": "output folder: the final model, plus checkpoint/ while training"})
     preset: str = field(default="small", metadata={"help": f"model shape, one of {sorted(PRESETS)}"})
+    init: str = field(default="", metadata={
+        "help": "continue from this model folder (its weights, shape and tokenizer; a fresh optimizer) "
+                "instead of random weights: e.g. to teach a trained model a changed format"})
     steps: int = field(default=5000, metadata={"help": "optimizer steps"})
     batch_size: int = field(default=32, metadata={"help": "examples per step"})
     micro_batch: int = field(default=4, metadata={"help": "examples per forward pass (sorted by length)"})
@@ -263,6 +266,10 @@ def _train(cfg: PretrainConfig, rank: distributed.Rank) -> Path:
             raise ValueError(f"{ckpt} was written by {state.get('optimizer_name', 'adamw')}, not {cfg.optimizer}")
         if rank.main:
             print(f"resuming from {ckpt} at step {start}")
+    elif cfg.init:
+        tok = PreTrainedTokenizerFast.from_pretrained(cfg.init)
+        model = LlamaForCausalLM.from_pretrained(cfg.init, dtype=torch.float32)
+        state, start, spent = None, 0, 0.0
     else:
         tok = build_tokenizer(cfg.vocab_size, seed=cfg.seed)
         model = LlamaForCausalLM(ModelPreset.from_name(cfg.preset).llama_config(tok))
@@ -360,6 +367,9 @@ def export(model: LlamaForCausalLM, tok: PreTrainedTokenizerFast, out: Path,
               "parameters": sum(p.numel() for p in model.parameters()),
               "loss_first_50": sum(losses[:50]) / max(1, len(losses[:50])),
               "loss_last_50": sum(losses[-50:]) / max(1, len(losses[-50:])), **(traffic or {})}
+    parent = Path(cfg.init) / "train_record.json"
+    if cfg.init and parent.exists():  # a continued run keeps the record of the run it continued
+        record["init_record"] = json.loads(parent.read_text())
     (out / "train_record.json").write_text(json.dumps(record, indent=2) + "\n")
     os.sync()
 

@@ -76,10 +76,12 @@ def test_wrong_solution_has_one_slip_then_stays_consistent(train):
         assert len(bad) == 1 and len(lines) == len(p.steps) + 1
 
 
-def test_judge_verdict_checks_each_equation():
-    v = arith.judge_verdict("2 + 3 = 5\n5 * 2 = 10\nAnswer: 10", "2 + 3 = 6\n6 * 2 = 12\nAnswer: 12")
-    assert v.splitlines() == ["A: 2 + 3 = 5, says 5, ok", "B: 5 * 2 = 10, says 10, ok",
-                              "P: 2 + 3 = 5, says 6, wrong", "Winner: Solution 1"]
+def test_judge_verdict_checks_each_equation_backwards():
+    v = arith.judge_verdict("2 + 3 = 5\n5 * 2 = 10\n10 - 4 = 6\n6 / 3 = 2\nAnswer: 2",
+                            "2 + 3 = 6\n6 * 2 = 12\nAnswer: 12")
+    assert v.splitlines() == ["A: 5 - 3 = 2, says 2, ok", "B: 5 * 2 = 10, says 10, ok",
+                              "C: 6 + 4 = 10, says 10, ok", "D: 2 * 3 = 6, says 6, ok",
+                              "P: 6 - 3 = 3, says 2, wrong", "Winner: Solution 1"]
     assert arith.judge_verdict("7 / 2 = 3", "6 / 2 = 3").endswith("Winner: Solution 2")
     assert arith.judge_verdict("1 + 1 = 2", "1 + 1 = 2").endswith("Tie")
 

@@ -1,6 +1,7 @@
 """Trainer smoke tests: the loss falls, the weights move, a killed run resumes."""
 
 import json
+import math
 import random
 
 import pytest
@@ -45,6 +46,13 @@ def test_pretrain_loss_falls_and_weights_change(tmp_path):
     assert not torch.equal(trained[w], init[w].to(torch.bfloat16))
     assert not (tmp_path / "m" / "checkpoint").exists()
     assert (tmp_path / "m" / "tokenizer.json").exists() and (tmp_path / "m" / "generation_config.json").exists()
+    # --init continues from the trained model: it starts where that one ended, far below a random
+    # model's ln(vocab) = 6.2
+    pretrain.train(small(tmp_path / "c", init=str(tmp_path / "m"), steps=20, warmup=2, ckpt_every=100))
+    cont = json.loads((tmp_path / "c" / "train_record.json").read_text())
+    assert cont["loss_first_50"] < 0.5 * math.log(cfg.vocab_size)
+    assert cont["init_record"] == rec
+    assert (tmp_path / "c" / "tokenizer.json").read_text() == (tmp_path / "m" / "tokenizer.json").read_text()
 
 
 def test_checkpoints_are_atomic_and_resume(tmp_path, monkeypatch):
