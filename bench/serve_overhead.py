@@ -1,13 +1,13 @@
 """Serving overhead: vLLM's own OpenAI server vs `ponder serve` (strategy direct), side by side.
 
-    python bench/serve_overhead.py [--model models/ponder-small] [--concurrency 64] [--rounds 4]
+    python bench/serve_overhead.py [--model models/ponder-small] [--concurrency 64] [--rounds 8]
 
-Starts one server, warms it up, puts the same load on it (`--concurrency` chat
-requests at once, `--max-tokens` each, greedy, `--rounds` times), stops it, then
-does the same for the other, in one run on one machine. Both run the same
-engine settings (eager, prefix caching, chunked prefill off, ponder's logits
-processor loaded). Prints throughput and p50/p99 latency of each and the ratio
-ponder / vLLM.
+Starts both servers, warms each up, then puts the same load on them in turn
+(`--concurrency` chat requests at once, `--max-tokens` each, greedy), one round
+at a time in ABBA order, `--rounds` rounds each, in one run on one machine: only
+one server is loaded at a time, the other waits idle. Both run the same engine
+settings (eager, prefix caching, chunked prefill off, ponder's logits processor
+loaded). Prints throughput and p50/p99 latency of each and the ratio ponder / vLLM.
 """
 
 from __future__ import annotations
@@ -73,18 +73,31 @@ async def one_round(client: AsyncOpenAI, model: str, prompts: list[str], max_tok
     return time.perf_counter() - t0, results
 
 
-async def measure(base_url: str, model: str, prompts: list[str], rounds: int, max_tokens: int) -> dict:
-    async with AsyncOpenAI(base_url=base_url, api_key="EMPTY", max_retries=0, timeout=600) as client:
+async def measure(urls: dict[str, str], model: str, prompts: list[str], rounds: int, max_tokens: int) -> dict:
+    """Warm both servers up, then `rounds` rounds each in ABBA order (A B, B A, A B, ...), so a drift of
+    the machine's speed during the run falls on both alike."""
+    clients = {name: AsyncOpenAI(base_url=url, api_key="EMPTY", max_retries=0, timeout=600)
+               for name, url in urls.items()}
+    walls = {name: [] for name in urls}
+    lats = {name: [] for name in urls}
+    tokens = dict.fromkeys(urls, 0)
+    for client in clients.values():
         await one_round(client, model, prompts, max_tokens)  # warm-up
-        walls, lats, tokens = [], [], 0
-        for _ in range(rounds):
-            wall, results = await one_round(client, model, prompts, max_tokens)
-            walls.append(wall)
-            lats += [lat for lat, _ in results]
-            tokens += sum(n for _, n in results)
-    lats.sort()
-    return {"tok_s": tokens / sum(walls), "req_s": len(lats) / sum(walls),
-            "p50": statistics.median(lats), "p99": lats[min(len(lats) - 1, int(0.99 * len(lats)))]}
+    names = list(urls)
+    for r in range(rounds):
+        for name in names if r % 2 == 0 else names[::-1]:
+            wall, results = await one_round(clients[name], model, prompts, max_tokens)
+            walls[name].append(wall)
+            lats[name] += [lat for lat, _ in results]
+            tokens[name] += sum(n for _, n in results)
+    for client in clients.values():
+        await client.close()
+    out = {}
+    for name in urls:
+        ls = sorted(lats[name])
+        out[name] = {"tok_s": tokens[name] / sum(walls[name]), "req_s": len(ls) / sum(walls[name]),
+                     "p50": statistics.median(ls), "p99": ls[min(len(ls) - 1, int(0.99 * len(ls)))]}
+    return out
 
 
 def main() -> None:
@@ -92,27 +105,27 @@ def main() -> None:
     ap.add_argument("--model", default=DEFAULT_MODEL)
     ap.add_argument("--concurrency", type=int, default=64)
     ap.add_argument("--max-tokens", type=int, default=64)
-    ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--rounds", type=int, default=8)
     args = ap.parse_args()
     prompts = [arith.forward_prompt(p.question()) for p in arith.dataset("test", args.concurrency)]
-    results = {}
-    for name, cmd in commands(args.model, port := free_port()).items():
-        proc = start(cmd, port)
-        try:
-            results[name] = asyncio.run(measure(f"http://127.0.0.1:{port}/v1", Path(args.model).name, prompts,
-                                                args.rounds, args.max_tokens))
-        finally:
+    procs, urls = [], {}
+    try:
+        for name, port in (("vLLM", free_port()), ("ponder", free_port())):
+            procs.append(start(commands(args.model, port)[name], port))
+            urls[name] = f"http://127.0.0.1:{port}/v1"
+        results = asyncio.run(measure(urls, Path(args.model).name, prompts, args.rounds, args.max_tokens))
+    finally:
+        for proc in procs:
             proc.terminate()
             proc.wait(60)
-        r = results[name]
+    for name, r in results.items():
         print(f"{name:>6}: {r['tok_s']:8.0f} tok/s  {r['req_s']:6.1f} req/s  p50 {r['p50']:.3f}s  p99 {r['p99']:.3f}s",
               flush=True)
-    ratio = results["ponder"]["tok_s"] / results["vLLM"]["tok_s"]
+    v, p = results["vLLM"], results["ponder"]
     print(f"serve_overhead: {args.concurrency} concurrent chat requests x {args.max_tokens} max tokens, "
-          f"{args.rounds} rounds: vLLM {results['vLLM']['tok_s']:.0f} tok/s (p50 {results['vLLM']['p50']:.3f}s, "
-          f"p99 {results['vLLM']['p99']:.3f}s), ponder {results['ponder']['tok_s']:.0f} tok/s "
-          f"(p50 {results['ponder']['p50']:.3f}s, p99 {results['ponder']['p99']:.3f}s); "
-          f"throughput ratio ponder/vLLM = {ratio:.3f}")
+          f"{args.rounds} rounds each, ABBA: vLLM {v['tok_s']:.0f} tok/s (p50 {v['p50']:.3f}s, p99 {v['p99']:.3f}s), "
+          f"ponder {p['tok_s']:.0f} tok/s (p50 {p['p50']:.3f}s, p99 {p['p99']:.3f}s); "
+          f"throughput ratio ponder/vLLM = {p['tok_s'] / v['tok_s']:.3f}")
 
 
 if __name__ == "__main__":
