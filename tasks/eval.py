@@ -18,6 +18,7 @@ import json
 import math
 import random
 import time
+from collections import Counter
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -113,11 +114,8 @@ def diff_interval(a: dict[str, Any], b: dict[str, Any]) -> tuple[float, float]:
     phi = 0.0
     xa, xb = a.get("correct"), b.get("correct")
     if xa is not None and xb is not None and len(xa) == len(xb):
-        n = len(xa)
-        both = sum(x and y for x, y in zip(xa, xb))
-        only_a = sum(x and not y for x, y in zip(xa, xb))
-        only_b = sum(y and not x for x, y in zip(xa, xb))
-        neither = n - both - only_a - only_b
+        n, table = len(xa), Counter(zip(xa, xb))
+        both, only_a, only_b, neither = table[1, 1], table[1, 0], table[0, 1], table[0, 0]
         margins = (both + only_a) * (only_b + neither) * (both + only_b) * (only_a + neither)
         cross = both * neither - only_a * only_b
         shrunk = cross - n / 2 if cross > n / 2 else min(cross, 0)
