@@ -1,7 +1,8 @@
 """ponder vs OptiLLM over the same vLLM upstream, side by side in one run (issue 15).
 
     python bench/vs_optillm.py                                   # the full grid (about an hour here)
-    python bench/vs_optillm.py --requests 8 --concurrency 16 --pairs sc --no-judge   # a smoke
+    python bench/vs_optillm.py --requests 8 --concurrency 16 --pairs sc              # a smoke
+    python bench/vs_optillm.py --pairs judge scale-out --requests 100                 # some pairs again
 
 1. OptiLLM (pinned: OPTILLM_VERSION) is installed once into its own virtual
    environment under --work, never into ponder's.
@@ -14,16 +15,20 @@
    request one chat completion with n=N straight to vLLM, the physical limit.
    Pairs:
    - sc: OptiLLM `majority_voting` (k=N) vs ponder `self_consistency` (n=N);
-   - judge: bon, judge: genselect (unless --no-judge): OptiLLM `bon`
+   - judge: bon, judge: genselect: OptiLLM `bon`
      (--best-of-n N) and `genselect` (num_candidates=N), the approaches that
      judge candidates with the model, each vs ponder `tournament` (n=N).
-4. With --scale-out, a second vLLM upstream starts and ponder over both is
-   measured against ponder over one (sc, ABBA) at --scale-concurrency.
+4. scale-out: a second vLLM upstream starts and ponder over both is measured
+   against ponder over one (sc, ABBA) at --scale-concurrency.
+--pairs picks which of sc, judge, scale-out run (default: all); the pairs run
+now replace theirs in an existing vs_optillm.json and the others are kept, each
+with its own settings and date under meta.pairs.
 
 Each cell: req/s, p50/p99 latency, errors (non-200 or transport), empty replies
 (200 with no text), generated tok/s counted by vLLM itself
 (`vllm:generation_tokens_total`) and as a fraction of the upstream alone at the
-same concurrency, and the proxy process's CPU-seconds per request (psutil).
+same concurrency, the proxy process's CPU-seconds per request and how busy the
+machine's cores were over the run (psutil).
 Prints a markdown table and writes bench/results/vs_optillm.json and .png.
 OptiLLM adds an empty system message to what it sends upstream; the client
 sends the same user-only chat to all three.
@@ -54,6 +59,7 @@ sys.path.insert(0, str(ROOT))  # the checkout's tests/ helpers
 from tests.conftest import NAME, free_port  # noqa: E402
 
 OPTILLM_VERSION = "0.4.0"
+PAIRS = ["sc", "judge", "scale-out"]
 
 
 # ---- processes ----
@@ -193,19 +199,25 @@ def measure(system: System, upstreams: list[Proc], questions: list[str], concurr
                "temperature": args.temperature, **({"seed": i} if args.seed else {}), **system.body}
               for i, q in enumerate(questions)]
     tokens0, cpu0 = generated_tokens(upstreams), system.proc.cpu_seconds() if system.proc else 0.0
+    psutil.cpu_percent()  # starts the machine-wide busy count
     run = asyncio.run(closed_loop(system.base, bodies, concurrency, args.timeout))
+    busy = psutil.cpu_percent()
     tokens = generated_tokens(upstreams) - tokens0
     cpu = (system.proc.cpu_seconds() - cpu0) if system.proc else None
-    run.update(req_s=run["ok"] / run["wall"], tok_s=tokens / run["wall"],
+    run.update(req_s=run["ok"] / run["wall"], tok_s=tokens / run["wall"], machine_busy=busy,
                cpu_per_req=cpu / len(bodies) if cpu is not None else None)
     print(f"  {system.label:>22} c={concurrency:<4} {run['req_s']:6.2f} req/s  p50 {_s(run['p50'])}  "
           f"p99 {_s(run['p99'])}  errors {run['errors']}  empty {run['empty']}  {run['tok_s']:7.0f} gen tok/s  "
-          f"cpu/req {_s(run['cpu_per_req'])}", flush=True)
+          f"cpu/req {_s(run['cpu_per_req'])}  machine {busy:.0f}% busy", flush=True)
     return run
 
 
 def _s(x: float | None) -> str:
     return "-" if x is None else f"{x:.3f}"
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{x:.0f}%"
 
 
 def warm_up(s: System, questions: list[str], concurrency: int, args) -> None:
@@ -227,13 +239,13 @@ def abba(a: System, b: System, upstreams: list[Proc], questions: list[str], conc
 # ---- report ----
 
 def mean(runs: list[dict], key: str) -> float | None:
-    xs = [r[key] for r in runs if r[key] is not None]
+    xs = [r[key] for r in runs if r.get(key) is not None]
     return sum(xs) / len(xs) if xs else None
 
 
 def table(results: dict) -> str:
     rows = ["| pair | concurrency | system | req/s (runs) | p50 s | p99 s | errors | empty | gen tok/s | "
-            "of upstream alone | CPU-s / request |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+            "of upstream alone | CPU-s / request | machine busy |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for pair, by_c in results.items():
         for c, cell in by_c.items():
             alone = mean(cell.get("upstream alone", []), "tok_s")
@@ -243,21 +255,19 @@ def table(results: dict) -> str:
                 each = ", ".join(f"{r['req_s']:.2f}" for r in runs)
                 rows.append(f"| {pair} | {c} | {label} | {mean(runs, 'req_s'):.2f} ({each}) | "
                             f"{_s(mean(runs, 'p50'))} | {_s(mean(runs, 'p99'))} | {sum(r['errors'] for r in runs)} | "
-                            f"{sum(r['empty'] for r in runs)} | {tok:.0f} | {frac} | {_s(mean(runs, 'cpu_per_req'))} |")
+                            f"{sum(r['empty'] for r in runs)} | {tok:.0f} | {frac} | {_s(mean(runs, 'cpu_per_req'))} | "
+                            f"{_pct(mean(runs, 'machine_busy'))} |")
     return "\n".join(rows)
 
 
 def ratios(results: dict) -> list[str]:
-    """ponder / other req/s, per ABBA pairing (A1 with B1, A2 with B2), at each concurrency."""
+    """B / A req/s of each ABBA pair (ponder over the other; 2 upstreams over 1), run by run."""
     out = []
     for pair, by_c in results.items():
         for c, cell in by_c.items():
-            mine = [k for k in cell if k.startswith("ponder")]
-            others = [k for k in cell if k not in mine and k != "upstream alone"]
-            for p in mine:
-                for o in others:
-                    rs = [x["req_s"] / y["req_s"] for x, y in zip(cell[p], cell[o]) if y["req_s"]]
-                    out.append(f"{pair} c={c}: {p} / {o} req/s = {', '.join(f'{r:.2f}' for r in rs)}")
+            a, b = [k for k in cell if k != "upstream alone"]
+            rs = [y["req_s"] / x["req_s"] for x, y in zip(cell[a], cell[b]) if x["req_s"]]
+            out.append(f"{pair} c={c}: {b} / {a} req/s = {', '.join(f'{r:.2f}' for r in rs)}")
     return out
 
 
@@ -294,8 +304,7 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=200)
     ap.add_argument("--temperature", type=float, default=0.7)
     ap.add_argument("--seed", action="store_true", help="send seed=i with request i (OptiLLM drops it)")
-    ap.add_argument("--no-judge", action="store_true", help="skip the judge-based pair")
-    ap.add_argument("--scale-out", action="store_true", help="also ponder over two upstreams vs one")
+    ap.add_argument("--pairs", nargs="+", choices=PAIRS, default=PAIRS, help="which comparisons to run")
     ap.add_argument("--scale-concurrency", type=int, default=128)
     ap.add_argument("--timeout", type=float, default=900)
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
@@ -324,14 +333,13 @@ def main() -> None:
                            {"strategy": {"name": "self_consistency", "n": args.n}})
         sc_optillm = System("optillm majority_voting", optillm, optillm.url(),
                             {"optillm_approach": "majority_voting", "k": args.n})
-        results["sc"] = {}
-        for c in args.concurrency:
+        for c in args.concurrency if "sc" in args.pairs else []:
             print(f"sc, concurrency {c}", flush=True)
             warm_up(alone, questions, c, args)
             cell = {"upstream alone": [measure(alone, [upstream], questions, c, args)]}
             cell.update(abba(sc_optillm, sc_ponder, [upstream], questions, c, args))
-            results["sc"][str(c)] = cell
-        if not args.no_judge:
+            results.setdefault("sc", {})[str(c)] = cell
+        if "judge" in args.pairs:
             tournament = System("ponder tournament", ponder, ponder.url(),
                                 {"strategy": {"name": "tournament", "n": args.n}})
             judges = [System("optillm bon", optillm, optillm.url(), {"optillm_approach": "bon"}),
@@ -345,7 +353,7 @@ def main() -> None:
                 for other in judges:
                     cell = {"upstream alone": base, **abba(other, tournament, [upstream], questions, c, args)}
                     results[f"judge: {other.label.split()[-1]}"][str(c)] = cell
-        if args.scale_out:
+        if "scale-out" in args.pairs:
             vport2 = free_port()
             second = Proc("vllm-2", vllm_cmd(args.model, vport2), vport2, work, env)
             procs.append(second)
@@ -361,10 +369,17 @@ def main() -> None:
     finally:
         for p in reversed(procs):
             p.stop()
-    meta = {"optillm": OPTILLM_VERSION, "requests": args.requests, "n": args.n, "max_tokens": args.max_tokens,
-            "temperature": args.temperature, "seeded": args.seed, "model": args.model,
-            "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d")}
-    (out / "vs_optillm.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
+    settings = {"optillm": OPTILLM_VERSION, "requests": args.requests, "n": args.n, "max_tokens": args.max_tokens,
+                "temperature": args.temperature, "seeded": args.seed, "model": args.model,
+                "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d")}
+    path = out / "vs_optillm.json"
+    old = json.loads(path.read_text()) if path.exists() else {}
+    if old.get("meta", {}).get("model") != args.model:
+        old = {}
+    meta = {"model": args.model, "pairs": {**old.get("meta", {}).get("pairs", {}),
+                                           **{pair: settings for pair in results}}}
+    results = {**old.get("results", {}), **results}
+    path.write_text(json.dumps({"meta": meta, "results": results}, indent=1))
     plot(results, out / "vs_optillm.png")
     print("\n" + table(results) + "\n")
     print("\n".join(ratios(results)))
