@@ -9,6 +9,11 @@ after whose prefix no continuation succeeds and none after it does more than
 5% of the time (`--samples` continuations per prefix). Prints how often the two
 agree (exactly, and within the same equation line), and how often masking the
 contrastive critical token and resampling fixes the answer.
+
+Where each sits against the first wrong equation (the first line that differs
+from the gold solution; the task's solutions are unique): a table of how many
+critical tokens fall on an earlier line, on that line, or on a later one. The
+contrastive critical token is the one cDPO's weights w_t = 1 - s_t weigh most.
 """
 
 from __future__ import annotations
@@ -64,8 +69,12 @@ async def check(args) -> dict:
             def line(t: int | None, cand=cand) -> int | None:
                 return None if t is None else tok.decode(list(cand.token_ids[:t])).count("\n")
 
+            gold = p.forward_solution().splitlines()
+            wrong = next((k for k, (a, b) in enumerate(zip(cand.text.splitlines(), gold)) if a != b), None)
             rows.append({"problem": i, "contrastive": t_contrast, "rollout": t_rollout,
                          "same_line": t_rollout is not None and line(t_contrast) == line(t_rollout),
+                         "first_wrong_line": wrong, "contrastive_line": line(t_contrast),
+                         "rollout_line": line(t_rollout),
                          "fixed": arith.is_correct(head + fixed.text, p.answer),
                          "token": tok.decode([cand.token_ids[t_contrast]]), "text": cand.text})
             print(json.dumps({k: v for k, v in rows[-1].items() if k != "text"}), flush=True)
@@ -78,7 +87,26 @@ async def check(args) -> dict:
         "exact_match": sum(r["contrastive"] == r["rollout"] for r in with_rollout) / max(1, len(with_rollout)),
         "same_line": sum(r["same_line"] for r in with_rollout) / max(1, len(with_rollout)),
         "masked_resample_fixes": sum(r["fixed"] for r in rows) / max(1, len(rows)),
+        "vs_first_wrong_line": {k: relative(rows, k) for k in ("contrastive", "rollout")},
     }
+
+
+def relative(rows: list[dict], key: str) -> dict[str, int]:
+    """Where the `key` critical tokens sit against each trajectory's first wrong line."""
+    out = {"earlier line": 0, "same line": 0, "later line": 0, "none": 0}
+    for r in rows:
+        t, w = r[f"{key}_line"], r["first_wrong_line"]
+        out["none" if t is None or w is None else
+            "earlier line" if t < w else "same line" if t == w else "later line"] += 1
+    return out
+
+
+def table(summary: dict) -> str:
+    where = summary["vs_first_wrong_line"]
+    rows = ["| critical token | earlier line | first wrong line | later line | none |", "|---|---|---|---|---|"]
+    rows += [f"| {k} | {v['earlier line']} | {v['same line']} | {v['later line']} | {v['none']} |"
+             for k, v in where.items()]
+    return "\n".join(rows)
 
 
 def main() -> None:
@@ -88,6 +116,7 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=16)
     summary = asyncio.run(check(ap.parse_args()))
     print("critical_tokens_check: " + json.dumps(summary))
+    print(table(summary))
 
 
 if __name__ == "__main__":

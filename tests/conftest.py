@@ -42,10 +42,11 @@ def free_port() -> int:
 class PonderServer:
     """`ponder serve` in a subprocess, like vLLM's RemoteOpenAIServer."""
 
-    def __init__(self, *args: str, api_key: str | None = None, contrast: bool = True, timeout: float = 300):
+    def __init__(self, *args: str, api_key: str | None = None, contrast: bool = True, timeout: float = 300,
+                 models: list[str] | None = None):
         self.port = free_port()
         self.api_key = api_key
-        models = default_models() if contrast else [DEFAULT_MODEL]  # contrast: its -pos/-neg too
+        models = models or (default_models() if contrast else [DEFAULT_MODEL])  # contrast: its -pos/-neg too
         cmd = [sys.executable, "-m", "ponder", "serve", *[a for m in models for a in ("--model", m)],
                "--host", "127.0.0.1", "--port", str(self.port), *args]
         if api_key:
