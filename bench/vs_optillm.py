@@ -313,7 +313,6 @@ def main() -> None:
     work, out = Path(args.work), Path(args.out)
     work.mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
-    exe = optillm_exe(work)
     questions = [p.question() for p in arith.dataset("test", args.requests)]
     env = {"VLLM_CPU_KVCACHE_SPACE": "1"}
     procs: list[Proc] = []
@@ -322,23 +321,27 @@ def main() -> None:
         vport = free_port()
         upstream = Proc("vllm", vllm_cmd(args.model, vport), vport, work, env)
         procs.append(upstream)
-        pport, oport = free_port(), free_port()
+        pport = free_port()
         ponder = Proc("ponder", ponder_cmd(args.model, pport, [upstream.url()]), pport, work)
         procs.append(ponder)
-        optillm = Proc("optillm", optillm_cmd(exe, oport, upstream.url(), args.n), oport, work,
-                       {"OPENAI_API_KEY": "sk-bench"})
-        procs.append(optillm)
+        if {"sc", "judge"} & set(args.pairs):  # scale-out alone needs no OptiLLM
+            oport = free_port()
+            optillm = Proc("optillm", optillm_cmd(optillm_exe(work), oport, upstream.url(), args.n), oport, work,
+                           {"OPENAI_API_KEY": "sk-bench"})
+            procs.append(optillm)
         alone = System("upstream alone", None, upstream.url(), {"n": args.n})
-        sc_ponder = System("ponder self_consistency", ponder, ponder.url(),
-                           {"strategy": {"name": "self_consistency", "n": args.n}})
-        sc_optillm = System("optillm majority_voting", optillm, optillm.url(),
-                            {"optillm_approach": "majority_voting", "k": args.n})
-        for c in args.concurrency if "sc" in args.pairs else []:
-            print(f"sc, concurrency {c}", flush=True)
-            warm_up(alone, questions, c, args)
-            cell = {"upstream alone": [measure(alone, [upstream], questions, c, args)]}
-            cell.update(abba(sc_optillm, sc_ponder, [upstream], questions, c, args))
-            results.setdefault("sc", {})[str(c)] = cell
+        if "sc" in args.pairs:
+            sc_ponder = System("ponder self_consistency", ponder, ponder.url(),
+                               {"strategy": {"name": "self_consistency", "n": args.n}})
+            sc_optillm = System("optillm majority_voting", optillm, optillm.url(),
+                                {"optillm_approach": "majority_voting", "k": args.n})
+            results["sc"] = {}
+            for c in args.concurrency:
+                print(f"sc, concurrency {c}", flush=True)
+                warm_up(alone, questions, c, args)
+                cell = {"upstream alone": [measure(alone, [upstream], questions, c, args)]}
+                cell.update(abba(sc_optillm, sc_ponder, [upstream], questions, c, args))
+                results["sc"][str(c)] = cell
         if "judge" in args.pairs:
             tournament = System("ponder tournament", ponder, ponder.url(),
                                 {"strategy": {"name": "tournament", "n": args.n}})
