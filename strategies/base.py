@@ -121,6 +121,9 @@ class Context:
         answer is one candidate and its trace is kept.
         """
         if sampler is None:
+            if n > 1 and query.spec.temperature == 0:  # greedy: n equal samples (vLLM refuses n > 1 there)
+                cands, trace = await self.sample(query, 1)
+                return cands * n, trace
             if query.spec.seed is not None and query.spec.seed + n > 2**63:
                 # The engine's seeds would pass int64; seeded() wraps them, one call each.
                 cands = await asyncio.gather(*(self.generate(query.model, query.prompt_ids, seeded(query.spec, i))

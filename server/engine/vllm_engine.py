@@ -156,9 +156,9 @@ class VllmEngine:
 
     async def generate(self, prompt: Prompt, spec: SamplingSpec, request_id: str, *,
                        model: str | None = None, stream: bool = True) -> AsyncIterator[Output]:
-        params = self._sampling_params(spec, stream)
         n_done = 0
         try:
+            params = self._sampling_params(spec, stream)
             async for out in self.llm.generate(self._prompt(prompt), params, request_id,
                                                lora_request=self._lora(model)):
                 seq = out.outputs[0]
@@ -179,9 +179,9 @@ class VllmEngine:
         # vLLM fans SamplingParams(n) out into n child requests after one prefill; child i is
         # seeded seed + i (vllm/v1/engine/parallel_sampling.py). FINAL_ONLY returns all n at
         # once. Cancelling this call makes AsyncLLM.generate abort the parent, and so the children.
-        params = self._sampling_params(spec, stream=False, n=n)
         final = None
         try:
+            params = self._sampling_params(spec, stream=False, n=n)
             async for out in self.llm.generate(self._prompt(prompt), params, request_id,
                                                lora_request=self._lora(model)):
                 final = out
@@ -223,11 +223,12 @@ class VllmEngine:
         return tuple(out)
 
     def _map_error(self, e: Exception) -> Exception:
+        from vllm.exceptions import VLLMValidationError
         from vllm.v1.engine.exceptions import EngineDeadError as VllmDead
 
         if isinstance(e, VllmDead) or self.is_dead:
             return EngineDeadError(str(e) or "the vLLM engine is dead")
-        if isinstance(e, (ValueError, TypeError)):
+        if isinstance(e, (ValueError, TypeError, VLLMValidationError)):
             return EngineRequestError(str(e))
         return e
 

@@ -244,6 +244,16 @@ async def test_logprob_judge_cancels_a_position_bias(tok):
             assert games[0]["margin"] == pytest.approx(1.0) and games[1]["margin"] == pytest.approx(-1.0)
 
 
+async def test_greedy_n_samples_are_one_sample_repeated(tok):
+    # vLLM refuses SamplingParams(n > 1, temperature=0); n greedy samples are all the same one.
+    engine = scripted(tok)
+    ctx = Context(lambda m: (engine, None), "req")
+    q = query(ctx, engine)
+    q = Query(q.model, q.prompt_ids, q.question, q.spec.replace(temperature=0.0))
+    cands, _ = await ctx.sample(q, 4)
+    assert len(cands) == 4 and len({c.text for c in cands}) == 1 and engine.batches == [1]
+
+
 async def test_rollouts_sample_each_prefix_in_one_call(tok):
     engine = FakeEngine(tok, lambda prompt, spec, model: "Answer: 7" if (spec.seed or 0) % 2 else "Answer: 8")
     ctx = Context(lambda m: (engine, None), "req")
