@@ -44,9 +44,12 @@ class BenchConfig:
     prompt_len: int = field(default=128, metadata={"help": "prompt tokens per sequence when timing"})
     decode_tokens: int = field(default=64, metadata={"help": "decode steps averaged when timing"})
     repeats: int = field(default=3, metadata={"help": "timings per model (median kept)"})
+    dtype: str = field(default="bfloat16", metadata={"help": "the dtype vLLM computes in, for every model"})
     step_batches: str = field(default="1,8,32,64,128", metadata={"help": "batch sizes of the parent's step sweep"})
     max_new_tokens: int = field(default=256, metadata={"help": "reply limit of the accuracy check"})
     gkd_steps: int = field(default=300, metadata={"help": "GKD steps, the same for every child"})
+    gkd_batch_size: int = field(default=16, metadata={"help": "GKD examples per step"})
+    threads: int = field(default=1, metadata={"help": "torch threads of GKD (not of vLLM)"})
     alternatives: bool = field(default=False, metadata={"help": "also measure the MIP's alternative architectures"})
     chosen: str = field(default="", metadata={
         "help": "the child to picture per layer (default: the fastest MIP child keeping >= 95% of the accuracy)"})
@@ -62,7 +65,8 @@ def worker(folder: str, cfg: BenchConfig, sweep: bool) -> dict:
     from vllm.inputs import TokensPrompt
 
     seqs = max([cfg.batch_size, *cfg.batches()]) if sweep else cfg.batch_size
-    llm = costs.open_llm(folder, max_num_seqs=seqs, max_model_len=max(cfg.prompt_len + cfg.decode_tokens + 1, 512))
+    llm = costs.open_llm(folder, max_num_seqs=seqs, max_model_len=max(cfg.prompt_len + cfg.decode_tokens + 1, 512),
+                          dtype=cfg.dtype)
     tok = llm.get_tokenizer()
     problems = arith.dataset("test", cfg.problems, seed=0)
     outs = llm.generate([TokensPrompt(prompt_token_ids=evaluate.prompt_ids(tok, p.question())) for p in problems],
@@ -78,8 +82,8 @@ def worker(folder: str, cfg: BenchConfig, sweep: bool) -> dict:
 
 
 def measure(label: str, folder: Path, cfg: BenchConfig, sweep: bool = False) -> dict:
-    """worker() in a fresh process, cached in run/bench/results/<label>.json."""
-    cache = Path(cfg.run) / "bench" / "results" / f"{label}.json"
+    """worker() in a fresh process, cached in run/bench/results-<dtype>/<label>.json."""
+    cache = Path(cfg.run) / "bench" / f"results-{cfg.dtype}" / f"{label}.json"
     if cache.exists():
         return json.loads(cache.read_text())
     cache.parent.mkdir(parents=True, exist_ok=True)
@@ -98,8 +102,8 @@ def prepare(cfg: BenchConfig) -> list[dict]:
     picked += [c | {"kind": "uniform"} for c in plan["uniform"]]
     models = []
     for c in picked:
-        gkd.train(gkd.GkdConfig(run=cfg.run, child=c["name"], steps=cfg.gkd_steps,
-                                warmup=max(1, min(20, cfg.gkd_steps // 10))))
+        gkd.train(gkd.GkdConfig(run=cfg.run, child=c["name"], steps=cfg.gkd_steps, batch_size=cfg.gkd_batch_size,
+                                warmup=max(1, min(20, cfg.gkd_steps // 10)), threads=cfg.threads))
         stages = ("bld", "gkd") if c["kind"] == "mip" else ("gkd",)
         for stage in stages:
             folder = Path(cfg.run) / "bench" / "models" / f"{c['name']}-{stage}"

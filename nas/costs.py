@@ -55,6 +55,8 @@ class CostConfig:
     probe_layers: int = field(default=0, metadata={"help": "K, the layers of a probe (0: the parent's layer count)"})
     repeats: int = field(default=3, metadata={"help": "measurements per probe (the median is kept)"})
     kv_cache_gib: int = field(default=1, metadata={"help": "VLLM_CPU_KVCACHE_SPACE on the CPU build"})
+    dtype: str = field(default="bfloat16", metadata={
+        "help": "the dtype vLLM computes in: the served checkpoint's (ponder-small: bfloat16)"})
     timeout: float = field(default=900, metadata={"help": "seconds one probe may take, engine start included"})
 
 
@@ -157,8 +159,8 @@ def costs(cfg: CostConfig) -> dict[str, Any]:
     folder = space.run / "costs"
     folder.mkdir(parents=True, exist_ok=True)
     settings = {"batch_size": cfg.batch_size, "prompt_len": cfg.prompt_len, "decode_tokens": cfg.decode_tokens,
-                "repeats": cfg.repeats, "kv_cache_gib": cfg.kv_cache_gib}
-    tag = f"b{cfg.batch_size}-p{cfg.prompt_len}-d{cfg.decode_tokens}-k{k}"
+                "repeats": cfg.repeats, "kv_cache_gib": cfg.kv_cache_gib, "dtype": cfg.dtype}
+    tag = f"b{cfg.batch_size}-p{cfg.prompt_len}-d{cfg.decode_tokens}-k{k}-{cfg.dtype}"
     types = {v.type: v for v in space.variants if v.layer == 1 or parent.num_hidden_layers == 1}
     probes: dict[str, tuple[BlockConfig, ...]] = {"stem": probe_blocks(parent, None, None, k), "parent": parent.blocks}
     probes |= {t: probe_blocks(parent, v.kind, v.block, k) for t, v in types.items() if not v.no_op}

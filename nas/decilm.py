@@ -26,7 +26,7 @@ from torch import nn
 
 KINDS = ("attention", "ffn")
 # Config keys copied through unchanged between a parent's config.json and its children's.
-PASSTHROUGH = ("bos_token_id", "eos_token_id", "pad_token_id")
+PASSTHROUGH = ("bos_token_id", "eos_token_id", "pad_token_id", "dtype")  # dtype: vLLM serves a child as its parent
 
 
 @dataclass(frozen=True)
