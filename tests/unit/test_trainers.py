@@ -84,7 +84,8 @@ def test_cdpo_contrast_model_loss_falls_and_merged_weights_change(tmp_path):
     from ponder.trainers import cdpo
 
     base = tmp_path / "base"
-    pretrain.train(small(base, steps=20, ckpt_every=100, bf16=False))  # fp32: the same numbers on CPUs with and without bf16 units
+    # fp32: the same numbers on CPUs with and without bf16 units
+    pretrain.train(small(base, steps=20, ckpt_every=100, bf16=False))
     rows = [{"question": p.question(), "text": p.forward_solution()} for p in arith.dataset("train", 16)]
     # one batch of the same 16 trajectories per step: the loss is comparable from step to step
     cfg = cdpo.ContrastConfig(base=str(base), epochs=30, batch_size=16, micro_batch=8, lr=1e-2, bf16=False)
