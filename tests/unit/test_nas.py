@@ -12,6 +12,7 @@ import itertools
 import json
 import random
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -252,6 +253,7 @@ def test_exported_decilm_checkpoint(parent_dir, tmp_path, tok):
     assert cfg["block_configs"][0]["attention"] == {"no_op": False, "n_heads_in_group": 2}
     assert cfg["block_configs"][1]["attention"]["no_op"] is True
     assert "ffn_mult" not in cfg["block_configs"][0]["ffn"]  # vLLM would prefer it over intermediate_size
+    assert cfg["dtype"] == json.loads((Path(parent_dir) / "config.json").read_text())["dtype"]  # served alike
     names = set(load_file(str(folder / "model.safetensors")))
     assert "model.layers.1.self_attn.q_proj.weight" not in names and "lm_head.weight" not in names
     assert load_file(str(folder / "model.safetensors"))["model.layers.0.self_attn.k_proj.weight"].shape[0] == 64
