@@ -32,10 +32,12 @@ from dataclasses import dataclass
 OPS = ("+", "-", "*", "/")
 SPLITS = ("train", "val", "test")
 FORMATS = ("forward", "backward_question", "backward", "judge")
-# "question": the word problem alone, no solution: pretraining a "base model of this world" that
-# has read the task's questions but never seen them solved (RevThink's student).
-PRETRAIN_FORMATS = (*FORMATS, "question")
+# Pretraining a "base model of this world" that has read the task's questions and can do its
+# arithmetic, but has never seen a problem solved (RevThink's student): "question" is the word
+# problem alone; "arithmetic" is a drill of unrelated equations of the task's kinds and sizes.
+PRETRAIN_FORMATS = (*FORMATS, "question", "arithmetic")
 QUESTION_PROMPT = "Write a word problem."
+ARITHMETIC_PROMPT = "Practise arithmetic."
 ANSWER_RE = re.compile(r"Answer:\s*(-?\d+)")
 WINNER_RE = re.compile(r"Winner:\s*(Solution 1|Solution 2|Tie)")
 NUMBER_RE = re.compile(r"\d+")
@@ -262,6 +264,16 @@ def _feasible(op: str, value: int, cfg: ArithConfig) -> bool:
     return any(value % d == 0 and value // d >= 2 for d in range(2, cfg.max_factor + 1))
 
 
+def arithmetic_drill(rng: random.Random, lines: int = 8, cfg: ArithConfig = ArithConfig()) -> str:
+    """Independent equations, one per line, each a step the task could take from a random value."""
+    out: list[str] = []
+    while len(out) < lines:
+        step = _sample_step(rng, cfg, rng.randint(1, cfg.max_value))
+        if step is not None:
+            out.append(step.line())
+    return "\n".join(out)
+
+
 def split_of(problem: Problem) -> str:
     bucket = int(problem.key, 16) % 20
     return "test" if bucket == 0 else "val" if bucket == 1 else "train"
@@ -383,6 +395,8 @@ def example(problem: Problem, fmt: str, rng: random.Random) -> list[dict[str, st
         reply = problem.backward_solution(masked)
     elif fmt == "question":
         user, reply = QUESTION_PROMPT, q
+    elif fmt == "arithmetic":
+        user, reply = ARITHMETIC_PROMPT, arithmetic_drill(rng)
     elif fmt == "judge":
         right, wrong = problem.forward_solution(), problem.wrong_solution(rng)
         s1, s2 = (right, wrong) if rng.random() < 0.5 else (wrong, right)
@@ -401,6 +415,12 @@ def extract_answer(text: str) -> str | None:
 def extract_winner(text: str) -> str | None:
     found = WINNER_RE.findall(text)
     return found[-1] if found else None
+
+
+def equations_hold(text: str) -> bool:
+    """Whether every "a op b = c" line of a reasoning is true arithmetic."""
+    return all(apply(m[2], int(m[1]), int(m[3])) == int(m[4])
+               for m in (EQUATION_RE.fullmatch(line.strip()) for line in text.splitlines()) if m)
 
 
 def is_correct(text: str, answer: int) -> bool:

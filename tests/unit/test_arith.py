@@ -110,3 +110,13 @@ def test_question_format_is_the_problem_alone():
     p = arith.dataset("train", 1)[0]
     msgs = arith.example(p, "question", random.Random(0))
     assert msgs[1]["content"] == p.question() and "Answer" not in msgs[1]["content"]
+
+
+def test_arithmetic_format_is_a_drill_of_true_unrelated_equations():
+    p = arith.dataset("train", 1)[0]
+    msgs = arith.example(p, "arithmetic", random.Random(0))
+    lines = msgs[1]["content"].splitlines()
+    assert len(lines) == 8 and arith.equations_hold(msgs[1]["content"])
+    assert all(arith.EQUATION_RE.fullmatch(line) for line in lines)
+    assert "Answer" not in msgs[1]["content"]
+    assert not arith.equations_hold("379 + 29 = 308")
