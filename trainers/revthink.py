@@ -10,8 +10,9 @@ Data: for each training question Q with gold answer A the teacher (any
 OpenAI-compatible server; ponder itself with a strategy distills test-time
 compute) writes R_f for Q, a backward question Q_b for "Q. The correct answer
 is A.", and R_b for Q_b. A sample is kept when R_f's answer is A and R_b
-recovers the quantity Q_b masked (on the built-in task both checks are exact;
-`--check teacher` asks the teacher instead, for tasks without gold values).
+recovers the quantity Q_b masked (on the built-in task both checks are exact,
+and every equation of R_f and R_b must hold; `--check teacher` asks the
+teacher instead, for tasks without gold values).
 Every item is appended to items.jsonl as it finishes, so a rerun asks only
 what is missing; the dataset is kept.jsonl, with dropped.jsonl saying why.
 
@@ -89,33 +90,32 @@ async def ask_teacher(cfg: DataConfig) -> dict:
     problems = arith.dataset("train", cfg.problems, seed=cfg.seed + 7)
     sem = asyncio.Semaphore(cfg.concurrency)
     strategy = _strategy(cfg.teacher_strategy)
-    usage = {"prompt_tokens": 0, "completion_tokens": 0}
     async with AsyncOpenAI(base_url=cfg.teacher_base_url, api_key=cfg.teacher_api_key,
                            max_retries=cfg.retries, timeout=600) as client:
 
-        async def chat(prompt: str, seed: int, with_strategy: bool = False) -> str:
+        async def chat(prompt: str, seed: int, usage: Counter, with_strategy: bool = False) -> str:
             extra = {"strategy": strategy} if with_strategy and strategy else {}
             r = await client.chat.completions.create(
                 model=cfg.teacher_model, messages=[{"role": "user", "content": prompt}], max_tokens=256,
                 temperature=cfg.temperature, seed=seed, extra_body=extra or None)
-            usage["prompt_tokens"] += r.usage.prompt_tokens
-            usage["completion_tokens"] += r.usage.completion_tokens
+            usage.update(prompt_tokens=r.usage.prompt_tokens, completion_tokens=r.usage.completion_tokens)
             return r.choices[0].message.content or ""
 
         async def one(i: int, p: arith.Problem) -> dict:
             async with sem:
-                q, seed = p.question(), cfg.seed * 1_000_003 + 3 * i
-                forward = await chat(arith.forward_prompt(q), seed, with_strategy=True)
-                bq = (await chat(arith.backward_question_prompt(q, p.answer), seed + 1)).strip()
-                backward = await chat(arith.backward_prompt(bq), seed + 2)
+                q, seed, usage = p.question(), cfg.seed * 1_000_003 + 3 * i, Counter()
+                forward = await chat(arith.forward_prompt(q), seed, usage, with_strategy=True)
+                bq = (await chat(arith.backward_question_prompt(q, p.answer), seed + 1, usage)).strip()
+                backward = await chat(arith.backward_prompt(bq), seed + 2, usage)
                 item = {"i": i, "question": q, "answer": p.answer, "forward": forward,
                         "backward_question": bq, "backward": backward,
                         "masked": masked_quantity(q, bq, str(p.answer))}
                 if cfg.check == "teacher":
                     verdict = await chat(f"Question: {q}\nInverse question: {bq}\nIts solution: {backward}\n"
                                          "Does the solution recover the quantity the inverse question hides? "
-                                         "Answer yes or no.", seed + 3)
+                                         "Answer yes or no.", seed + 3, usage)
                     item["teacher_check"] = verdict.strip().lower().startswith("yes")
+                item["usage"] = dict(usage)  # the teacher's tokens for this item, strategy included
                 with items_path.open("a") as f:  # one line per finished item: a rerun skips it
                     f.write(json.dumps(item) + "\n")
                 return item
@@ -133,13 +133,15 @@ async def ask_teacher(cfg: DataConfig) -> dict:
     (out / "dropped.jsonl").write_text("".join(json.dumps(d) + "\n" for d in dropped))
     record = {"config": asdict(cfg), "asked": len(done), "kept": len(kept), "yield": len(kept) / max(1, len(done)),
               "dropped_by_reason": dict(Counter(d["dropped"] for d in dropped)),
-              "teacher_tokens_this_run": usage}
+              "teacher_tokens": dict(sum((Counter(item.get("usage", {})) for item in done.values()), Counter()))}
     (out / "record.json").write_text(json.dumps(record, indent=2) + "\n")
     return record
 
 
 def drop_reason(item: dict, check: str = "exact") -> str | None:
-    """Why an item is not kept (None: kept): the paper's two filters."""
+    """Why an item is not kept (None: kept): the paper's two filters, then (where a task can
+    check them) every equation of both reasonings, so the student is not taught an answer
+    reached through a slip ("379 + 29 = 308" cancelled out by a later step)."""
     if not arith.is_correct(item["forward"], item["answer"]):
         return "forward answer is not the gold answer"
     if check == "teacher":
@@ -147,7 +149,11 @@ def drop_reason(item: dict, check: str = "exact") -> str | None:
     if item["masked"] is None:
         return "backward question does not hide exactly one quantity of the question"
     got = arith.extract_answer(item["backward"])
-    return None if got is not None and got == item["masked"] else "backward reasoning does not recover it"
+    if got is None or got != item["masked"]:
+        return "backward reasoning does not recover it"
+    if not (arith.equations_hold(item["forward"]) and arith.equations_hold(item["backward"])):
+        return "a reasoning has a false equation"
+    return None
 
 
 @dataclass

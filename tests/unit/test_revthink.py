@@ -52,11 +52,26 @@ async def test_data_keeps_only_consistent_items_and_resumes(tok, tmp_path):
         assert all(revthink.drop_reason(k) is None and arith.is_correct(k["forward"], k["answer"]) for k in kept)
         dropped = [json.loads(line) for line in (tmp_path / "dropped.jsonl").read_text().splitlines()]
         assert {d["dropped"] for d in dropped} == {"forward answer is not the gold answer"}
+        tokens = rec["teacher_tokens"]  # summed from each item's own usage, so it survives a resume
+        assert tokens["completion_tokens"] > 0 and tokens["prompt_tokens"] > tokens["completion_tokens"]
         rec = await revthink.ask_teacher(cfg)  # everything answered: nothing is asked again
-        assert len(engine.calls) == asked and rec["kept"] == 4
+        assert len(engine.calls) == asked and rec["kept"] == 4 and rec["teacher_tokens"] == tokens
     finally:
         server.should_exit = True
         await task
+
+
+def test_an_answer_reached_through_a_false_equation_is_dropped():
+    p = arith.dataset("train", 1)[0]
+    item = {"answer": p.answer, "forward": p.forward_solution(), "backward_question": p.backward_question(0),
+            "backward": p.backward_solution(0), "masked": str(p.quantities[0])}
+    assert revthink.drop_reason(item) is None
+    first = p.forward_solution().splitlines()[0]
+    a, op, b, _, c = first.split()
+    slipped = f"{a} {op} {b} = {int(c) + 1}"  # the next line still reads the right value: answer unchanged
+    item["forward"] = p.forward_solution().replace(first, slipped, 1)
+    assert arith.is_correct(item["forward"], p.answer)
+    assert revthink.drop_reason(item) == "a reasoning has a false equation"
 
 
 def test_student_learns_all_three_objectives(tok, tmp_path):
