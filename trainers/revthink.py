@@ -17,9 +17,10 @@ Every item is appended to items.jsonl as it finishes, so a rerun asks only
 what is missing; the dataset is kept.jsonl, with dropped.jsonl saying why.
 
 The student must be weaker than the teacher and must not have seen the task
-solved: e.g. `ponder train pretrain --preset micro --mix question=1 --out
-runs/student`, a "base model of this world" that has read the task's
-questions only (the `question` format).
+solved: e.g. `ponder train pretrain --preset tiny --mix
+question=0.5,arithmetic=0.5 --out runs/student`, a "base model of this world"
+that has read the task's questions and drilled its arithmetic, never a problem
+solved (bench/RESULTS.md, RevThink section, has the measured recipe).
 
 Training: loss = (CE(Q -> R_f) + CE(Q -> Q_b) + CE(Q_b -> R_b)) / 3 with the
 prompt masked (the official code forgot to), or `--objectives forward` for the
