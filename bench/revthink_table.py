@@ -58,8 +58,9 @@ def measure(args: argparse.Namespace, data: dict) -> list[dict]:
         runs = [(name, Path(folder).name, "direct", {}, 0.0) for name, folder in folders.items()]
         strategy = data["config"]["teacher_strategy"]
         spec = json.loads(strategy) if strategy.startswith("{") else {"name": strategy or "direct"}
-        runs.append((f"teacher ({spec['name']} n={spec.get('n', 1)})", Path(args.teacher).name, spec.pop("name"),
-                     spec, data["config"]["temperature"]))
+        name = spec.pop("name")
+        runs.append((f"teacher ({name} n={spec.get('n', 1)})", Path(args.teacher).name, name, spec,
+                     data["config"]["temperature"]))
         rows = []
         for label, model, strategy, params, temperature in runs:
             rec = asyncio.run(evaluate(EvalConfig(base_url=server.base_url, model_name=model, limit=args.limit,
