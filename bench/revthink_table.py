@@ -126,7 +126,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--batch_size", type=int, default=32)
     ap.add_argument("--micro_batch", type=int, default=16)
-    ap.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=False)
+    ap.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
+                    help="bf16 autocast; default: where the CPU has bf16 units")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
     args = ap.parse_args()

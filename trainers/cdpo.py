@@ -32,7 +32,7 @@ import torch
 from tqdm import tqdm
 
 from ponder.tasks import arith
-from ponder.trainers.pretrain import batch_loss, collate, save_atomic
+from ponder.trainers.pretrain import BF16_HELP, batch_loss, collate, native_bf16, save_atomic
 from ponder.trainers.tokenizer import encode_example
 
 
@@ -52,9 +52,10 @@ class ContrastConfig:
     micro_batch: int = field(default=8, metadata={"help": "trajectories per forward pass"})
     seed: int = field(default=0, metadata={"help": "seeds sampling, shuffling and LoRA init"})
     device: str = field(default="cpu", metadata={"help": "cpu or cuda"})
-    bf16: bool = field(default=True, metadata={"help": "bf16 autocast"})
+    bf16: bool | None = field(default=None, metadata={"help": BF16_HELP})
 
     def __post_init__(self) -> None:
+        self.bf16 = native_bf16(self.device) if self.bf16 is None else self.bf16
         if self.problems < 1 or self.samples < 1 or self.epochs < 1:
             raise ValueError("problems, samples and epochs must be >= 1")
 

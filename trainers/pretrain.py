@@ -17,6 +17,7 @@ of ranks. `--optimizer adamw` all-reduces gradients (DDP); `--optimizer demo`
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import math
 import os
@@ -82,6 +83,19 @@ PRESETS = {
 }
 
 
+BF16_HELP = "bf16 autocast; default: on where the device has bf16 units (CUDA, AVX512-BF16 or AMX CPUs)"
+
+
+@functools.cache
+def native_bf16(device: str) -> bool:
+    """Whether bf16 autocast pays on `device`: without bf16 units (e.g. an AVX2-only CPU) a bf16
+    matmul is ~100x slower than fp32 (bench/dtype_sweep.py), with them ~1.4x faster."""
+    if torch.device(device).type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    flags = Path("/proc/cpuinfo").read_text().split() if Path("/proc/cpuinfo").exists() else []
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 @dataclass
 class PretrainConfig:
     out: str = field(metadata={"help": "output folder: the final model, plus checkpoint/ while training"})
@@ -105,7 +119,7 @@ class PretrainConfig:
     ckpt_every: int = field(default=250, metadata={"help": "steps between atomic checkpoints"})
     threads: int = field(default=0, metadata={"help": "torch threads (0 = all cores)"})
     device: str = field(default="cpu", metadata={"help": "cpu or cuda"})
-    bf16: bool = field(default=True, metadata={"help": "bf16 autocast (1.4x faster on AVX512-BF16 CPUs)"})
+    bf16: bool | None = field(default=None, metadata={"help": BF16_HELP})
     compile: bool = field(default=True, metadata={"help": "torch.compile the forward (1.3x on CPU, ~1 min to compile)"})
     optimizer: str = field(default="adamw", metadata={
         "help": "adamw (betas 0.9, 0.95; DDP all-reduces gradients) or demo (DeMo: ranks exchange only the "
@@ -117,6 +131,7 @@ class PretrainConfig:
         "help": "optional JSON-lines file (rank 0 appends): step, loss, lr and bytes sent, one line per step"})
 
     def __post_init__(self) -> None:
+        self.bf16 = native_bf16(self.device) if self.bf16 is None else self.bf16
         ModelPreset.from_name(self.preset)
         weights = self.mixture()
         if not weights or any(w < 0 for w in weights.values()):

@@ -45,7 +45,7 @@ from tqdm import tqdm
 
 from ponder.strategies.reverse_verify import masked_quantity
 from ponder.tasks import arith
-from ponder.trainers.pretrain import batch_loss, collate, save_atomic, save_model
+from ponder.trainers.pretrain import BF16_HELP, batch_loss, collate, native_bf16, save_atomic, save_model
 from ponder.trainers.tokenizer import encode_example
 
 OBJECTIVES = ("forward", "backward_question", "backward")
@@ -172,9 +172,10 @@ class StudentConfig:
     ckpt_every: int = field(default=100, metadata={"help": "steps between atomic checkpoints"})
     seed: int = field(default=0, metadata={"help": "seeds the subset, the order and LoRA init"})
     device: str = field(default="cpu", metadata={"help": "cpu or cuda"})
-    bf16: bool = field(default=True, metadata={"help": "bf16 autocast"})
+    bf16: bool | None = field(default=None, metadata={"help": BF16_HELP})
 
     def __post_init__(self) -> None:
+        self.bf16 = native_bf16(self.device) if self.bf16 is None else self.bf16
         if self.objectives not in ("all", "forward") or not 0 < self.fraction <= 1:
             raise ValueError("objectives is 'all' or 'forward'; fraction in (0, 1]")
 

@@ -96,3 +96,10 @@ def test_cdpo_contrast_model_loss_falls_and_merged_weights_change(tmp_path):
     assert merged.keys() == before.keys()  # a plain model: the adapter is merged in
     assert not torch.equal(merged["model.layers.0.mlp.up_proj.weight"], before["model.layers.0.mlp.up_proj.weight"])
     assert (tmp_path / "pos" / "tokenizer.json").exists()
+
+
+def test_bf16_defaults_to_what_the_device_computes_natively(tmp_path):
+    flags = open("/proc/cpuinfo").read().split()
+    native = "avx512_bf16" in flags or "amx_bf16" in flags
+    assert pretrain.PretrainConfig(out=str(tmp_path)).bf16 is native  # resolved, so train_record.json says which
+    assert pretrain.PretrainConfig(out=str(tmp_path), bf16=not native).bf16 is not native
