@@ -17,6 +17,11 @@ the way it does when solving, and the inverse computation does not share the
 forward one's slips. That is why a judge can beat greedy decoding (the premise
 of the knockout tournament).
 
+Two more formats pretrain a student "base model" that can read and compute but
+has never seen a problem solved (RevThink's student, trainers/revthink.py):
+`question` (write a word problem), `arithmetic` (drills of unrelated true
+equations) and `numbers` (a question -> the numbers it states, in order).
+
 Splits are decided by a hash of the arithmetic chain (not of its wording), so
 train, validation and test never share a problem.
 """
@@ -35,9 +40,10 @@ FORMATS = ("forward", "backward_question", "backward", "judge")
 # Pretraining a "base model of this world" that has read the task's questions and can do its
 # arithmetic, but has never seen a problem solved (RevThink's student): "question" is the word
 # problem alone; "arithmetic" is a drill of unrelated equations of the task's kinds and sizes.
-PRETRAIN_FORMATS = (*FORMATS, "question", "arithmetic")
+PRETRAIN_FORMATS = (*FORMATS, "question", "arithmetic", "numbers")
 QUESTION_PROMPT = "Write a word problem."
 ARITHMETIC_PROMPT = "Practise arithmetic."
+NUMBERS_TEMPLATE = "List the numbers in the text: {text}"
 ANSWER_RE = re.compile(r"Answer:\s*(-?\d+)")
 WINNER_RE = re.compile(r"Winner:\s*(Solution 1|Solution 2|Tie)")
 NUMBER_RE = re.compile(r"\d+")
@@ -397,6 +403,8 @@ def example(problem: Problem, fmt: str, rng: random.Random) -> list[dict[str, st
         user, reply = QUESTION_PROMPT, q
     elif fmt == "arithmetic":
         user, reply = ARITHMETIC_PROMPT, arithmetic_drill(rng)
+    elif fmt == "numbers":
+        user, reply = NUMBERS_TEMPLATE.format(text=q), ", ".join(map(str, problem.quantities))
     elif fmt == "judge":
         right, wrong = problem.forward_solution(), problem.wrong_solution(rng)
         s1, s2 = (right, wrong) if rng.random() < 0.5 else (wrong, right)

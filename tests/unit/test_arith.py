@@ -120,3 +120,10 @@ def test_arithmetic_format_is_a_drill_of_true_unrelated_equations():
     assert all(arith.EQUATION_RE.fullmatch(line) for line in lines)
     assert "Answer" not in msgs[1]["content"]
     assert not arith.equations_hold("379 + 29 = 308")
+
+
+def test_numbers_format_lists_what_the_question_states_and_solves_nothing():
+    p = arith.dataset("train", 1)[0]
+    msgs = arith.example(p, "numbers", random.Random(0))
+    assert p.question() in msgs[0]["content"]
+    assert msgs[1]["content"] == ", ".join(str(n) for n in p.quantities)
