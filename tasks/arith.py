@@ -37,9 +37,7 @@ from dataclasses import dataclass
 OPS = ("+", "-", "*", "/")
 SPLITS = ("train", "val", "test")
 FORMATS = ("forward", "backward_question", "backward", "judge")
-# Pretraining a "base model of this world" that has read the task's questions and can do its
-# arithmetic, but has never seen a problem solved (RevThink's student): "question" is the word
-# problem alone; "arithmetic" is a drill of unrelated equations of the task's kinds and sizes.
+# the four formats plus the student base's three (module docstring)
 PRETRAIN_FORMATS = (*FORMATS, "question", "arithmetic", "numbers")
 QUESTION_PROMPT = "Write a word problem."
 ARITHMETIC_PROMPT = "Practise arithmetic."
