@@ -23,21 +23,23 @@ from pathlib import Path
 import torch
 
 from ponder.tasks import arith
-from ponder.trainers.pretrain import PretrainConfig, train
+from ponder.trainers.pretrain import PretrainConfig, native_bf16, train
 
 
 @torch.no_grad()
 def generate(model, tok, prompts: list[str], n: int = 1, temperature: float = 0.0,
-             max_new_tokens: int = 160, batch: int = 256) -> list[str]:
-    """Completions for chat prompts (n per prompt, prompt-major order)."""
+             max_new_tokens: int = 160, batch: int = 256, prefixes: list[str] | None = None) -> list[str]:
+    """Completions for chat prompts (n per prompt, prompt-major order), each reply started with its prefix."""
     tok.padding_side = "left"
+    prefixes = prefixes or [""] * len(prompts)
     texts = [tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
-                                     add_generation_prompt=True) for p in prompts for _ in range(n)]
+                                     add_generation_prompt=True) + prefix
+             for p, prefix in zip(prompts, prefixes) for _ in range(n)]
     out: list[str] = []
     for i in range(0, len(texts), batch):
         enc = tok(texts[i : i + batch], return_tensors="pt", padding=True,
                   add_special_tokens=False).to(model.device)
-        with torch.autocast(model.device.type, dtype=torch.bfloat16):
+        with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=native_bf16(model.device.type)):
             gen = model.generate(**enc, max_new_tokens=max_new_tokens,
                                  do_sample=temperature > 0, temperature=temperature or None,
                                  top_p=None, top_k=None, pad_token_id=tok.pad_token_id)

@@ -1,4 +1,4 @@
-"""RevThink against SFT on the same teacher data: four students, greedy accuracy through `ponder serve` (issue 11).
+"""RevThink against SFT on the same teacher data: five students, greedy, through `ponder serve` (issue 11).
 
     python bench/revthink_table.py --data runs/revthink/data --base runs/revthink/student-base \
         --run runs/revthink [--teacher models/ponder-small] [--limit 500] [--dtype float32]
@@ -8,7 +8,7 @@ forward reasoning and RevThink on all three objectives, on 10% and on 100% of
 kept.jsonl, all from the same base student with the same settings, into
 <run>/sft-10, sft-100, revthink-10, revthink-100, plus sft-100-x3: SFT for
 three times the epochs, as many steps as revthink-100 (equal compute). Then one `ponder serve`
-serves the base, the four students and the teacher, and `ponder eval` (the
+serves the base, the five students and the teacher, and `ponder eval` (the
 official openai SDK) runs each greedily on the same --limit held-out test
 problems; the teacher runs with the strategy that wrote the data, at the
 temperature it wrote it. Per model: accuracy with its 95% Wilson interval,

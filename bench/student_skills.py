@@ -13,18 +13,16 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import sys
+from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from ponder.tasks import arith
 
-
-def complete(model, tok, user: str, prefix: str = "", max_new_tokens: int = 32) -> str:
-    chat = tok.apply_chat_template([{"role": "user", "content": user}], tokenize=False, add_generation_prompt=True)
-    ids = tok(chat + prefix, add_special_tokens=False, return_tensors="pt").input_ids
-    out = model.generate(ids, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.eos_token_id)
-    return tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+sys.path.insert(0, str(Path(__file__).parent))
+from pretrain_sweep import generate  # noqa: E402  (bench/ is not a package)
 
 
 @torch.no_grad()
@@ -32,14 +30,14 @@ def skills(path: str, n: int) -> dict[str, float]:
     tok = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     rng = random.Random(0)
-    right = 0
-    for _ in range(n):
-        left = arith.arithmetic_drill(rng, lines=1).split("=")[0] + "="
-        line = left + complete(model, tok, arith.ARITHMETIC_PROMPT, left, 8).split("\n")[0]
-        right += bool(arith.EQUATION_RE.fullmatch(line)) and arith.equations_hold(line)
+    lefts = [arith.arithmetic_drill(rng, lines=1).split("=")[0] + "=" for _ in range(n)]
+    lines = [left + out.split("\n")[0] for left, out in
+             zip(lefts, generate(model, tok, [arith.ARITHMETIC_PROMPT] * n, max_new_tokens=8, prefixes=lefts))]
+    right = sum(bool(arith.EQUATION_RE.fullmatch(line)) and arith.equations_hold(line) for line in lines)
     problems = arith.dataset("test", n)
-    read = sum(complete(model, tok, arith.NUMBERS_TEMPLATE.format(text=p.question())).strip()
-               == ", ".join(map(str, p.quantities)) for p in problems)
+    outs = generate(model, tok, [arith.NUMBERS_TEMPLATE.format(text=p.question()) for p in problems],
+                    max_new_tokens=32)
+    read = sum(out.strip() == ", ".join(map(str, p.quantities)) for out, p in zip(outs, problems))
     return {"equations": right / n, "numbers": read / n, "n": n}
 
 

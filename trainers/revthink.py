@@ -18,9 +18,10 @@ what is missing; the dataset is kept.jsonl, with dropped.jsonl saying why.
 
 The student must be weaker than the teacher and must not have seen the task
 solved: e.g. `ponder train pretrain --preset tiny --mix
-question=0.5,arithmetic=0.5 --out runs/student`, a "base model of this world"
-that has read the task's questions and drilled its arithmetic, never a problem
-solved (bench/RESULTS.md, RevThink section, has the measured recipe).
+question=0.2,arithmetic=0.5,numbers=0.3 --out runs/student`, a "base model of
+this world" that has read the task's questions, listed their numbers and drilled
+its arithmetic, never a problem solved (bench/RESULTS.md, RevThink section, has
+the measured recipe; bench/student_skills.py measures those skills).
 
 Training: loss = (CE(Q -> R_f) + CE(Q -> Q_b) + CE(Q_b -> R_b)) / 3 with the
 prompt masked (the official code forgot to), or `--objectives forward` for the

@@ -3,6 +3,7 @@
 import json
 import math
 import random
+from pathlib import Path
 
 import pytest
 import torch
@@ -99,7 +100,7 @@ def test_cdpo_contrast_model_loss_falls_and_merged_weights_change(tmp_path):
 
 
 def test_bf16_defaults_to_what_the_device_computes_natively(tmp_path):
-    flags = open("/proc/cpuinfo").read().split()
+    flags = Path("/proc/cpuinfo").read_text().split()
     native = "avx512_bf16" in flags or "amx_bf16" in flags
     assert pretrain.PretrainConfig(out=str(tmp_path)).bf16 is native  # resolved, so train_record.json says which
     assert pretrain.PretrainConfig(out=str(tmp_path), bf16=not native).bf16 is not native
