@@ -38,6 +38,7 @@ def train(name: str, out: Path, args: argparse.Namespace, extra: list[str]) -> f
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.nproc}",
            "-m", "ponder.trainers.pretrain", "--out", str(out / name), "--threads", "1",
            "--preset", args.preset, "--steps", str(args.steps), "--warmup", str(args.warmup),
+           "--batch_size", str(args.batch_size),
            "--compile", str(args.compile), "--metrics", str(out / f"{name}.metrics.jsonl"), *extra]
     print(" ".join(cmd), flush=True)
     t0 = time.time()
@@ -111,7 +112,8 @@ def main() -> None:
     ap.add_argument("--preset", default=defaults.preset)
     ap.add_argument("--steps", type=int, default=defaults.steps)
     ap.add_argument("--warmup", type=int, default=defaults.warmup)
-    ap.add_argument("--topks", default="32,8", help="DeMo runs: DCT coefficients sent per chunk")
+    ap.add_argument("--batch-size", type=int, default=defaults.batch_size, help="examples per step (all ranks)")
+    ap.add_argument("--topks", default="128,32", help="DeMo runs: DCT coefficients sent per chunk")
     ap.add_argument("--demo-lr", type=float, default=defaults.lr, help="DeMo's peak lr (AdamW keeps the default)")
     ap.add_argument("--nproc", type=int, default=2)
     ap.add_argument("--problems", type=int, default=300, help="test problems for greedy accuracy")
