@@ -82,7 +82,7 @@ class ServeConfig:
         "help": "largest request body accepted; beyond it, 413"})
     drain_grace: float = field(default=6.0, metadata={
         "help": "seconds running requests get to finish after SIGTERM before they are ended with an error; "
-                "ponder exits within about this + 2 s (keep it under a container's stop time-out)"})
+                "the engine's teardown then takes 5-10 s more (give a container a stop time-out of grace + 15 s)"})
     log_level: str = field(default="info", metadata={"help": "debug, info, warning, error"})
 
     def __post_init__(self) -> None:
