@@ -79,6 +79,12 @@ def curve(path: Path) -> list[dict]:
     return [rows[s] for s in sorted(rows)]
 
 
+def smoothed(rows: list[dict], w: int = 50) -> list[float]:
+    """Each step's training loss as the mean of the last w steps up to it."""
+    losses = [x["loss"] for x in rows]
+    return [sum(losses[max(0, i - w + 1) : i + 1]) / len(losses[max(0, i - w + 1) : i + 1]) for i in range(len(losses))]
+
+
 def plot(results: list[dict], out: Path) -> None:
     import matplotlib
 
@@ -89,8 +95,7 @@ def plot(results: list[dict], out: Path) -> None:
     for r in results:
         rows = curve(out / f"{r['name']}.metrics.jsonl")
         w = min(50, len(rows))
-        smooth = [sum(x["loss"] for x in rows[max(0, i - w + 1) : i + 1]) / len(rows[max(0, i - w + 1) : i + 1])
-                  for i in range(len(rows))]
+        smooth = smoothed(rows, w)
         sent, mb = 0.0, []
         for x in rows:
             sent += x["bytes_sent"] / 1e6
@@ -115,6 +120,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=defaults.batch_size, help="examples per step (all ranks)")
     ap.add_argument("--topks", default="128,32", help="DeMo runs: DCT coefficients sent per chunk")
     ap.add_argument("--demo-lr", type=float, default=defaults.lr, help="DeMo's peak lr (AdamW keeps the default)")
+    ap.add_argument("--demo-betas", default=str(defaults.demo_beta),
+                    help="DeMo runs: momentum decays, each with each top-k (a run not at the default is named _betaB)")
     ap.add_argument("--nproc", type=int, default=2)
     ap.add_argument("--problems", type=int, default=300, help="test problems for greedy accuracy")
     ap.add_argument("--val-batches", type=int, default=16, help="validation steps' worth of examples")
@@ -125,7 +132,9 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     runs = {"adamw": ["--optimizer", "adamw"]}
     for k in args.topks.split(","):
-        runs[f"demo_k{k}"] = ["--optimizer", "demo", "--demo_topk", k, "--lr", str(args.demo_lr)]
+        for beta in args.demo_betas.split(","):
+            name = f"demo_k{k}" + (f"_beta{beta}" if float(beta) != defaults.demo_beta else "")
+            runs[name] = ["--optimizer", "demo", "--demo_topk", k, "--demo_beta", beta, "--lr", str(args.demo_lr)]
     results = []
     for name, extra in runs.items():
         wall = train(name, out, args, extra)
@@ -133,6 +142,10 @@ def main() -> None:
         res = {"name": name, "wall_s": round(wall, 1), "train_s": record["train_seconds"],
                "bytes_per_step": record["bytes_sent_per_step"], "train_loss_last_50": record["loss_last_50"],
                **evaluate(out / name, args)}
+        # the 50-step mean after each tenth of the run: where along the way the optimizers part
+        smooth = smoothed(curve(out / f"{name}.metrics.jsonl"))
+        res["train_loss_by_step"] = {i * len(smooth) // 10: round(smooth[i * len(smooth) // 10 - 1], 4)
+                                     for i in range(1, 11)}
         print(json.dumps(res), flush=True)
         results.append(res)
     base = results[0]
@@ -145,6 +158,10 @@ def main() -> None:
         f"{r['name']} val loss {r['val_loss']:.4f} ({r['val_loss_vs_adamw']:+.1%}), greedy {r['greedy']:.3f}, "
         f"{r['bytes_per_step'] / 1e3:,.1f} kB/step/rank ({r['bytes_ratio_adamw_over_this']:.0f}x fewer), "
         f"train {r['train_s']:.0f}s" for r in results))
+    for r in results[1:]:
+        by_step, adamw = r["train_loss_by_step"], base["train_loss_by_step"]
+        print(f"{r['name']} train loss vs adamw, 50-step means after step: "
+              + ", ".join(f"{s} {by_step[s] / adamw[s] - 1:+.1%}" for s in by_step))
 
 
 if __name__ == "__main__":
