@@ -6,10 +6,11 @@
 
 Each run is `torchrun --standalone --nproc-per-node 2 -m ponder.trainers.pretrain --threads 1` with
 the default recipe (same steps, same batches, so the same tokens) and one optimizer: AdamW with DDP's
-gradient all-reduce, or DeMo at each --topks. Then, on the exported model: validation loss (the
-training mix on held-out problems), greedy accuracy on --problems test problems (HF generate), the
-bytes each rank sent per step, wall time. Writes results.json and loss_curves.png under --out; a
-finished run is not trained again, an interrupted one resumes from its checkpoint.
+gradient all-reduce, or DeMo at each --topks and --demo-betas. Then, on the exported model:
+validation loss (the training mix on held-out problems), greedy accuracy on --problems test problems
+(HF generate), the bytes each rank sent per step, wall time, and the training loss after each tenth
+of the run. Writes results.json and loss_curves.png under --out; a finished run is not trained
+again, an interrupted one resumes from its checkpoint.
 """
 
 from __future__ import annotations
