@@ -120,9 +120,10 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=defaults.warmup)
     ap.add_argument("--batch-size", type=int, default=defaults.batch_size, help="examples per step (all ranks)")
     ap.add_argument("--topks", default="128,32", help="DeMo runs: DCT coefficients sent per chunk")
-    ap.add_argument("--demo-lr", type=float, default=defaults.lr, help="DeMo's peak lr (AdamW keeps the default)")
+    ap.add_argument("--demo-lr", type=float, default=defaults.lr,
+                    help="DeMo's peak lr (AdamW keeps the default); runs off the defaults are named _betaB, _lrL")
     ap.add_argument("--demo-betas", default=str(defaults.demo_beta),
-                    help="DeMo runs: momentum decays, each with each top-k (a run not at the default is named _betaB)")
+                    help="DeMo runs: momentum decays, each with each top-k")
     ap.add_argument("--nproc", type=int, default=2)
     ap.add_argument("--problems", type=int, default=300, help="test problems for greedy accuracy")
     ap.add_argument("--val-batches", type=int, default=16, help="validation steps' worth of examples")
@@ -134,7 +135,8 @@ def main() -> None:
     runs = {"adamw": ["--optimizer", "adamw"]}
     for k in args.topks.split(","):
         for beta in args.demo_betas.split(","):
-            name = f"demo_k{k}" + (f"_beta{beta}" if float(beta) != defaults.demo_beta else "")
+            name = (f"demo_k{k}" + (f"_beta{beta}" if float(beta) != defaults.demo_beta else "")
+                    + (f"_lr{args.demo_lr:g}" if args.demo_lr != defaults.lr else ""))
             runs[name] = ["--optimizer", "demo", "--demo_topk", k, "--demo_beta", beta, "--lr", str(args.demo_lr)]
     results = []
     for name, extra in runs.items():
