@@ -147,8 +147,8 @@ def main() -> None:
                **evaluate(out / name, args)}
         # the 50-step mean after each tenth of the run: where along the way the optimizers part
         smooth = smoothed(curve(out / f"{name}.metrics.jsonl"))
-        res["train_loss_by_step"] = {i * len(smooth) // 10: round(smooth[i * len(smooth) // 10 - 1], 4)
-                                     for i in range(1, 11)}
+        ends = sorted({max(1, i * len(smooth) // 10) for i in range(1, 11)})
+        res["train_loss_by_step"] = {s: round(smooth[s - 1], 4) for s in ends}
         print(json.dumps(res), flush=True)
         results.append(res)
     base = results[0]
