@@ -114,7 +114,7 @@ def run_and_call() -> None:
                           text=True).stdout.strip()
     print(f"stopped in {took:.1f}s with exit code {code}")
     # Exit code 0 is the check: past 20 s podman would have killed it (137). The time is printed, not
-    # asserted (a timing, on a noisy machine: 7-11 s here, most of it vLLM's engine teardown).
+    # asserted (a timing on a noisy machine: 8.0 and 10.6 s in two runs, mostly vLLM's engine teardown).
     assert code == "0", (code, took)
 
 
