@@ -121,7 +121,9 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=defaults.batch_size, help="examples per step (all ranks)")
     ap.add_argument("--topks", default="128,32", help="DeMo runs: DCT coefficients sent per chunk")
     ap.add_argument("--demo-lr", type=float, default=defaults.lr,
-                    help="DeMo's peak lr (AdamW keeps the default); runs off the defaults are named _betaB, _lrL")
+                    help="DeMo's peak lr (AdamW keeps the default); off-default runs are named _betaB, _lrL, _floorF")
+    ap.add_argument("--demo-min-lr-ratio", type=float, default=defaults.min_lr_ratio,
+                    help="DeMo's cosine floor as a fraction of its lr (1 holds the lr after warm-up)")
     ap.add_argument("--demo-betas", default=str(defaults.demo_beta),
                     help="DeMo runs: momentum decays, each with each top-k")
     ap.add_argument("--nproc", type=int, default=2)
@@ -136,8 +138,10 @@ def main() -> None:
     for k in args.topks.split(","):
         for beta in args.demo_betas.split(","):
             name = (f"demo_k{k}" + (f"_beta{beta}" if float(beta) != defaults.demo_beta else "")
-                    + (f"_lr{args.demo_lr:g}" if args.demo_lr != defaults.lr else ""))
-            runs[name] = ["--optimizer", "demo", "--demo_topk", k, "--demo_beta", beta, "--lr", str(args.demo_lr)]
+                    + (f"_lr{args.demo_lr:g}" if args.demo_lr != defaults.lr else "")
+                    + (f"_floor{args.demo_min_lr_ratio:g}" if args.demo_min_lr_ratio != defaults.min_lr_ratio else ""))
+            runs[name] = ["--optimizer", "demo", "--demo_topk", k, "--demo_beta", beta, "--lr", str(args.demo_lr),
+                          "--min_lr_ratio", str(args.demo_min_lr_ratio)]
     results = []
     for name, extra in runs.items():
         wall = train(name, out, args, extra)
