@@ -137,9 +137,9 @@ def main() -> None:
     runs = {"adamw": ["--optimizer", "adamw"]}
     for k in args.topks.split(","):
         for beta in args.demo_betas.split(","):
-            name = (f"demo_k{k}" + (f"_beta{beta}" if float(beta) != defaults.demo_beta else "")
-                    + (f"_lr{args.demo_lr:g}" if args.demo_lr != defaults.lr else "")
-                    + (f"_floor{args.demo_min_lr_ratio:g}" if args.demo_min_lr_ratio != defaults.min_lr_ratio else ""))
+            settings = [("beta", float(beta), defaults.demo_beta), ("lr", args.demo_lr, defaults.lr),
+                        ("floor", args.demo_min_lr_ratio, defaults.min_lr_ratio)]
+            name = f"demo_k{k}" + "".join(f"_{tag}{v:g}" for tag, v, default in settings if v != default)
             runs[name] = ["--optimizer", "demo", "--demo_topk", k, "--demo_beta", beta, "--lr", str(args.demo_lr),
                           "--min_lr_ratio", str(args.demo_min_lr_ratio)]
     results = []
