@@ -6,8 +6,8 @@
 
 Each run is `torchrun --standalone --nproc-per-node 2 -m ponder.trainers.pretrain --threads 1` with
 the default recipe (same steps, same batches, so the same tokens) and one optimizer: AdamW with DDP's
-gradient all-reduce, or DeMo at each --topks and --demo-betas (its step: --demo-update). Then, on
-the exported model: validation loss (the training mix on held-out problems), greedy accuracy on --problems test problems
+gradient all-reduce, or DeMo at each --topks and --demo-betas. Then, on the exported model:
+validation loss (the training mix on held-out problems), greedy accuracy on --problems test problems
 (HF generate), the bytes each rank sent per step, wall time, and the training loss after each tenth
 of the run. Writes results.json and loss_curves.png under --out; a finished run is not trained
 again, an interrupted one resumes from its checkpoint.
@@ -126,8 +126,6 @@ def main() -> None:
                     help="DeMo's cosine floor as a fraction of its lr (1 holds the lr after warm-up)")
     ap.add_argument("--demo-betas", default=str(defaults.demo_beta),
                     help="DeMo runs: momentum decays, each with each top-k")
-    ap.add_argument("--demo-update", default=defaults.demo_update, choices=["sign", "adamw"],
-                    help="DeMo's step from the synced momentum (off the default: runs named _adamw)")
     ap.add_argument("--nproc", type=int, default=2)
     ap.add_argument("--problems", type=int, default=300, help="test problems for greedy accuracy")
     ap.add_argument("--val-batches", type=int, default=16, help="validation steps' worth of examples")
@@ -140,12 +138,10 @@ def main() -> None:
     for k in args.topks.split(","):
         for beta in args.demo_betas.split(","):
             settings = [("beta", float(beta), defaults.demo_beta), ("lr", args.demo_lr, defaults.lr),
-                        ("floor", args.demo_min_lr_ratio, defaults.min_lr_ratio),
-                        ("", args.demo_update, defaults.demo_update)]
-            name = f"demo_k{k}" + "".join(f"_{tag}{v:g}" if isinstance(v, float) else f"_{v}"
-                                          for tag, v, default in settings if v != default)
+                        ("floor", args.demo_min_lr_ratio, defaults.min_lr_ratio)]
+            name = f"demo_k{k}" + "".join(f"_{tag}{v:g}" for tag, v, default in settings if v != default)
             runs[name] = ["--optimizer", "demo", "--demo_topk", k, "--demo_beta", beta, "--lr", str(args.demo_lr),
-                          "--min_lr_ratio", str(args.demo_min_lr_ratio), "--demo_update", args.demo_update]
+                          "--min_lr_ratio", str(args.demo_min_lr_ratio)]
     results = []
     for name, extra in runs.items():
         wall = train(name, out, args, extra)

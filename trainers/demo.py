@@ -8,16 +8,7 @@ Per parameter, with the rank's own gradient g (DDP's all-reduce is off) and lear
     keep the top-k |c| of each chunk; m -= IDCT(kept)     the rest stays in the local momentum
     all-gather the kept (index, value) pairs of every rank
     Q  = IDCT(mean over the ranks that sent a value, per index)
-    p -= eta * sign(Q)                           update="sign": the paper's step (PAPERS.md section 5)
-    p -= eta * adam(Q / eta)                     update="adamw": Adam's moments of the synced momentum
-    p -= eta * sign(ema(Q))                      update="signum": an EMA (beta1) of Q, then the sign
-
-The paper calls DeMo "a drop-in replacement for any momentum-based optimizer" (arXiv 2411.19870v2):
-what the ranks exchange stays the same, and the step taken from the synced Q is the base optimizer's.
-update="adamw" keeps Adam's two moment estimates of Q / eta (the synced momentum in gradient units).
-Q is the same on every rank, so are the moments: no extra traffic, no drift. With top-k = every
-coefficient of a chunk the momentum is sent whole each step, Q / eta is the ranks' mean gradient, and
-the step is AdamW+DDP's exactly.
+    p -= eta * sign(Q)
 
 Written here rather than taken from pytorch-optimizer (4.1.0 ships a DeMo): that one needs einops,
 calls torch.distributed.get_world_size() even in a single process, sends int64 indices (4x the
@@ -105,9 +96,6 @@ def decompress(indices: list[torch.Tensor], values: list[torch.Tensor], n_chunks
     return total / count.clamp(min=1)
 
 
-UPDATES = ("sign", "signum", "adamw")
-
-
 class DeMo(torch.optim.Optimizer):
     """Decoupled Momentum optimization. Params must not be all-reduced by DDP: the optimizer syncs.
 
@@ -116,17 +104,13 @@ class DeMo(torch.optim.Optimizer):
     """
 
     def __init__(self, params: Iterable, lr: float = 1e-3, weight_decay: float = 0.0, beta: float = 0.999,
-                 chunk: int = 64, topk: int = 32, update: str = "sign", adam_betas: tuple[float, float] = (0.9, 0.95),
-                 eps: float = 1e-8, group: dist.ProcessGroup | None = None):
+                 chunk: int = 64, topk: int = 32, group: dist.ProcessGroup | None = None):
         if not 0.0 <= beta < 1.0:
             raise ValueError(f"beta must be in [0, 1), got {beta}")
         if chunk < 1 or topk < 1:
             raise ValueError("chunk and topk must be positive")
-        if update not in UPDATES:
-            raise ValueError(f"update must be one of {UPDATES}, got {update!r}")
         super().__init__(params, {"lr": lr, "weight_decay": weight_decay})
         self.beta, self.chunk, self.topk, self.group = beta, chunk, topk, group
-        self.update, self.adam_betas, self.eps = update, adam_betas, eps
         self.bytes_sent = 0
         self._dct: dict[tuple, ChunkedDCT] = {}
 
@@ -169,27 +153,8 @@ class DeMo(torch.optim.Optimizer):
             dct = self.transform(p)
             vals, idxs = [r[2 * n] for r in received], [r[2 * n + 1] for r in received]
             q = dct.decode(decompress(idxs, vals, vals[0].shape[0], dct.chunk_numel))
-            if self.update == "sign":
-                p.add_(q.sign_(), alpha=-lr)
-            elif self.update == "signum":
-                state = self.state[p]
-                if "exp_avg" not in state:
-                    state["exp_avg"] = torch.zeros_like(p)
-                p.add_(state["exp_avg"].lerp_(q, 1 - self.adam_betas[0]).sign(), alpha=-lr)
-            elif lr > 0:
-                self.adam_step(p, q.div_(lr), lr)
+            p.add_(q.sign_(), alpha=-lr)
         return loss
-
-    def adam_step(self, p: torch.Tensor, q: torch.Tensor, lr: float) -> None:
-        """torch.optim.AdamW's step (weight decay already applied) with q in place of the gradient."""
-        state, (b1, b2) = self.state[p], self.adam_betas
-        if "exp_avg" not in state:
-            state["step"], state["exp_avg"], state["exp_avg_sq"] = 0, torch.zeros_like(p), torch.zeros_like(p)
-        state["step"] += 1
-        state["exp_avg"].lerp_(q, 1 - b1)
-        state["exp_avg_sq"].mul_(b2).addcmul_(q, q, value=1 - b2)
-        denom = (state["exp_avg_sq"] / (1 - b2 ** state["step"])).sqrt_().add_(self.eps)
-        p.addcdiv_(state["exp_avg"], denom, value=-lr / (1 - b1 ** state["step"]))
 
     def all_gather(self, tensors: list[torch.Tensor]) -> list[list[torch.Tensor]]:
         """Every rank's copy of `tensors`, in rank order, through one all-gather of their bytes.

@@ -36,11 +36,10 @@ from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTra
 
 from ponder.tasks import arith
 from ponder.trainers import distributed
-from ponder.trainers.demo import UPDATES, DeMo
+from ponder.trainers.demo import DeMo
 from ponder.trainers.tokenizer import END, build_tokenizer, encode_example
 
 IGNORE = -100
-ADAM_BETAS = (0.9, 0.95)
 
 
 @dataclass(frozen=True)
@@ -128,9 +127,6 @@ class PretrainConfig:
     demo_beta: float = field(default=0.999, metadata={"help": "DeMo: momentum decay (the paper's compression decay)"})
     demo_chunk: int = field(default=64, metadata={"help": "DeMo: largest DCT chunk side (chunks of <= 64 x 64)"})
     demo_topk: int = field(default=32, metadata={"help": "DeMo: DCT coefficients each rank sends per chunk"})
-    demo_update: str = field(default="sign", metadata={
-        "help": "DeMo: the step from the synced momentum: sign (the paper's) or adamw (Adam's moments of it, "
-                "betas 0.9, 0.95; the same bytes sent)"})
     metrics: str = field(default="", metadata={
         "help": "optional JSON-lines file (rank 0 appends): step, loss, lr and bytes sent, one line per step"})
 
@@ -146,8 +142,6 @@ class PretrainConfig:
             raise ValueError(f"optimizer must be adamw or demo, got {self.optimizer!r}")
         if not 0 <= self.demo_beta < 1 or self.demo_chunk < 1 or self.demo_topk < 1:
             raise ValueError("demo_beta must be in [0, 1); demo_chunk and demo_topk positive")
-        if self.demo_update not in UPDATES:
-            raise ValueError(f"demo_update must be sign or adamw, got {self.demo_update!r}")
 
     def mixture(self) -> dict[str, float]:
         out = {}
@@ -260,9 +254,8 @@ def make_optimizer(model: LlamaForCausalLM, cfg: PretrainConfig) -> torch.optim.
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     if cfg.optimizer == "demo":
-        return DeMo(groups, lr=cfg.lr, beta=cfg.demo_beta, chunk=cfg.demo_chunk, topk=cfg.demo_topk,
-                    update=cfg.demo_update, adam_betas=ADAM_BETAS)
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=ADAM_BETAS)
+        return DeMo(groups, lr=cfg.lr, beta=cfg.demo_beta, chunk=cfg.demo_chunk, topk=cfg.demo_topk)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95))
 
 
 def train(cfg: PretrainConfig) -> Path:
