@@ -1,6 +1,6 @@
 """RevThink against SFT on the same teacher data: five students, greedy, through `ponder serve` (issue 11).
 
-    python bench/revthink_table.py --data bench/data/revthink-teacher --base runs/revthink/student-base \
+    python bench/revthink_table.py --data bench/data/revthink-teacher --base models/revthink-student-base \
         --run runs/revthink [--teacher models/ponder-small] [--limit 500] [--dtype float32]
 
 Trains (each skipped once its folder holds a model; each resumable) SFT on the
@@ -117,7 +117,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=str(ROOT / "bench" / "data" / "revthink-teacher"),
                     help="the teacher data (revthink-data's folder); the default is committed")
-    ap.add_argument("--base", default=str(ROOT / "runs" / "revthink" / "student-base"))
+    ap.add_argument("--base", default=str(ROOT / "models" / "revthink-student-base"))
     ap.add_argument("--run", default=str(ROOT / "runs" / "revthink"))
     ap.add_argument("--teacher", default=DEFAULT_MODEL)
     ap.add_argument("--limit", type=int, default=500)
