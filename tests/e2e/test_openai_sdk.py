@@ -168,8 +168,12 @@ async def wait_idle(server, timeout: float = 20) -> None:
 
 
 async def test_disconnect_mid_strategy_aborts_engine_calls(server):
-    body = {"model": MODEL, "messages": ask(), "max_tokens": 256, "temperature": 1.0,
-            "strategy": {"name": "tournament", "n": 32, "k": 4, "judge_same_answer": True}}
+    # At temperature 2 candidates and judges run to max_tokens and differ, so no round is a few cached
+    # decode steps: at temperature 1 a confident model can write 32 equal candidates, and then every judge
+    # prompt is a prefix-cache hit and all five rounds can end before /metrics is read.
+    body = {"model": MODEL, "messages": ask(), "max_tokens": 256, "temperature": 2.0, "seed": 7,
+            "strategy": {"name": "tournament", "n": 32, "k": 4, "judge_same_answer": True,
+                         "judge_temperature": 2.0}}
     headers = {"Authorization": f"Bearer {KEY}"}
     async with httpx.AsyncClient(timeout=60) as http:
         async with http.stream("POST", server.url("/v1/chat/completions"), json={**body, "stream": True},
