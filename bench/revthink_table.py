@@ -1,4 +1,4 @@
-"""RevThink against SFT on the same teacher data: five students, greedy, through `ponder serve` (issue 11).
+"""RevThink against SFT on the same teacher data: six students, greedy, through `ponder serve` (issue 11).
 
     python bench/revthink_table.py --data bench/data/revthink-teacher --base models/revthink-student-base \
         --run runs/revthink [--teacher models/ponder-small] [--limit 500] [--dtype float32]
@@ -7,8 +7,9 @@ Trains (each skipped once its folder holds a model; each resumable) SFT on the
 forward reasoning and RevThink on all three objectives, on 10% and on 100% of
 kept.jsonl, all from the same base student with the same settings, into
 <run>/sft-10, sft-100, revthink-10, revthink-100, plus sft-100-x3: SFT for
-three times the epochs, as many steps as revthink-100 (equal compute). Then one `ponder serve`
-serves the base, the five students and the teacher, and `ponder eval` (the
+three times the epochs, as many steps as revthink-100 (equal compute), and
+revthink-100-x3: RevThink for those epochs too. Then one `ponder serve`
+serves the base, the six students and the teacher, and `ponder eval` (the
 official openai SDK) runs each greedily on the same --limit held-out test
 problems; the teacher runs with the strategy that wrote the data, at the
 temperature it wrote it. Per model: accuracy with its 95% Wilson interval,
@@ -35,8 +36,9 @@ from tests.conftest import PonderServer  # noqa: E402
 
 # name: (objectives, share of the data, epochs as a multiple of --epochs). RevThink has three examples
 # per item, so sft-100-x3 is the SFT baseline at RevThink's number of steps (equal compute).
+# revthink-100-x3 is RevThink at sft-100-x3's epochs: the equal-epoch comparison at a less undertrained point.
 STUDENTS = {"sft-10": ("forward", 0.1, 1), "sft-100": ("forward", 1.0, 1), "sft-100-x3": ("forward", 1.0, 3),
-            "revthink-10": ("all", 0.1, 1), "revthink-100": ("all", 1.0, 1)}
+            "revthink-10": ("all", 0.1, 1), "revthink-100": ("all", 1.0, 1), "revthink-100-x3": ("all", 1.0, 3)}
 
 
 def train_students(args: argparse.Namespace) -> None:
@@ -100,7 +102,7 @@ def plot(rows: list[dict], path: Path) -> None:
     names = [r["model"].replace(" (", "\n(") for r in rows]
     acc = [r["accuracy"] for r in rows]
     err = [[a - r["ci95"][0] for a, r in zip(acc, rows)], [r["ci95"][1] - a for a, r in zip(acc, rows)]]
-    colors = ["grey", "tab:blue", "tab:blue", "tab:blue", "tab:green", "tab:green", "black"]
+    colors = ["grey", "tab:blue", "tab:blue", "tab:blue", "tab:green", "tab:green", "tab:green", "black"]
     fig, ax = plt.subplots(figsize=(9, 4))
     bars = ax.bar(names, acc, yerr=err, capsize=6, color=colors[: len(rows)])
     ax.bar_label(bars, labels=[f"{a:.3f}" for a in acc], padding=3, fontsize=8)
