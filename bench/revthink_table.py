@@ -102,9 +102,9 @@ def plot(rows: list[dict], path: Path) -> None:
     names = [r["model"].replace(" (", "\n(") for r in rows]
     acc = [r["accuracy"] for r in rows]
     err = [[a - r["ci95"][0] for a, r in zip(acc, rows)], [r["ci95"][1] - a for a, r in zip(acc, rows)]]
-    colors = ["grey", "tab:blue", "tab:blue", "tab:blue", "tab:green", "tab:green", "tab:green", "black"]
-    fig, ax = plt.subplots(figsize=(9, 4))
-    bars = ax.bar(names, acc, yerr=err, capsize=6, color=colors[: len(rows)])
+    colors = {"base": "grey", "sft": "tab:blue", "revthink": "tab:green", "teacher": "black"}
+    fig, ax = plt.subplots(figsize=(11, 4))
+    bars = ax.bar(names, acc, yerr=err, capsize=6, color=[colors[n.split("-")[0].split()[0]] for n in names])
     ax.bar_label(bars, labels=[f"{a:.3f}" for a in acc], padding=3, fontsize=8)
     for bar, name in zip(bars, names):
         if name.endswith("-10"):
