@@ -6,7 +6,8 @@
 
 Each run is `torchrun --standalone --nproc-per-node 2 -m ponder.trainers.pretrain --threads 1` with
 the default recipe (same steps, same batches, so the same tokens) and one optimizer: AdamW with DDP's
-gradient all-reduce, or DeMo at each --topks and --demo-betas. Then, on the exported model:
+gradient all-reduce, DeMo at each --topks and --demo-betas, or (--signum-lrs) Signum, the sign of
+DDP-synced momentum: DeMo's step with nothing compressed. Then, on the exported model:
 validation loss (the training mix on held-out problems), greedy accuracy on --problems test problems
 (HF generate), the bytes each rank sent per step, wall time, and the training loss after each tenth
 of the run. Writes results.json and loss_curves.png under --out; a finished run is not trained
@@ -126,6 +127,9 @@ def main() -> None:
                     help="DeMo's cosine floor as a fraction of its lr (1 holds the lr after warm-up)")
     ap.add_argument("--demo-betas", default=str(defaults.demo_beta),
                     help="DeMo runs: momentum decays, each with each top-k")
+    ap.add_argument("--signum-lrs", default="",
+                    help="also Signum (DDP all-reduce, sign of the momentum: DeMo's step with nothing compressed) "
+                         "at each of these lrs")
     ap.add_argument("--nproc", type=int, default=2)
     ap.add_argument("--problems", type=int, default=300, help="test problems for greedy accuracy")
     ap.add_argument("--val-batches", type=int, default=16, help="validation steps' worth of examples")
@@ -142,6 +146,8 @@ def main() -> None:
             name = f"demo_k{k}" + "".join(f"_{tag}{v:g}" for tag, v, default in settings if v != default)
             runs[name] = ["--optimizer", "demo", "--demo_topk", k, "--demo_beta", beta, "--lr", str(args.demo_lr),
                           "--min_lr_ratio", str(args.demo_min_lr_ratio)]
+    for lr in filter(None, args.signum_lrs.split(",")):
+        runs[f"signum_lr{float(lr):g}"] = ["--optimizer", "signum", "--lr", lr]
     results = []
     for name, extra in runs.items():
         wall = train(name, out, args, extra)

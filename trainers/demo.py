@@ -191,3 +191,28 @@ class DeMo(torch.optim.Optimizer):
             dist.all_reduce(m, group=self.group)
             state[key] = {**s, "momentum": m / world}
         return {**sd, "state": state}
+
+
+class Signum(torch.optim.Optimizer):
+    """Sign of momentum (Bernstein et al. 2018) on DDP's all-reduced gradients: DeMo with nothing left
+    out, the reference for what DeMo's sign step can reach at a given step count.
+
+        p *= 1 - eta * wd;   m = beta * m + (1 - beta) * g;   p -= eta * sign(m)
+
+    Written here: torch.optim has no sign optimizer (Lion, in pytorch-optimizer, is a different rule).
+    """
+
+    def __init__(self, params: Iterable, lr: float = 1e-3, weight_decay: float = 0.0, beta: float = 0.9):
+        super().__init__(params, {"lr": lr, "weight_decay": weight_decay, "beta": beta})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                m = self.state[p].setdefault("momentum", torch.zeros_like(p))
+                p.mul_(1 - group["lr"] * group["weight_decay"])
+                m.lerp_(p.grad, 1 - group["beta"])
+                p.add_(m.sign(), alpha=-group["lr"])
+

@@ -11,7 +11,8 @@ Data parallel under torchrun (trainers/distributed.py): every rank draws the
 step's whole batch and trains on every world-th micro-batch of it, so the
 global batch is the one-process batch and a checkpoint resumes on any number
 of ranks. `--optimizer adamw` all-reduces gradients (DDP); `--optimizer demo`
-(trainers/demo.py) exchanges only the top-k DCT components of the momentum.
+(trainers/demo.py) exchanges only the top-k DCT components of the momentum;
+`--optimizer signum`, a reference for DeMo, steps by the sign of the DDP-synced momentum.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTra
 
 from ponder.tasks import arith
 from ponder.trainers import distributed
-from ponder.trainers.demo import DeMo
+from ponder.trainers.demo import DeMo, Signum
 from ponder.trainers.tokenizer import END, build_tokenizer, encode_example
 
 IGNORE = -100
@@ -123,7 +124,8 @@ class PretrainConfig:
     compile: bool = field(default=True, metadata={"help": "torch.compile the forward (1.3x on CPU, ~1 min to compile)"})
     optimizer: str = field(default="adamw", metadata={
         "help": "adamw (betas 0.9, 0.95; DDP all-reduces gradients) or demo (DeMo: ranks exchange only the "
-                "top-k DCT components of their momentum; PAPERS.md section 5)"})
+                "top-k DCT components of their momentum; PAPERS.md section 5) or signum (DDP all-reduces; the sign of "
+                "the momentum: DeMo's step with nothing compressed, a reference)"})
     demo_beta: float = field(default=0.999, metadata={"help": "DeMo: momentum decay (the paper's compression decay)"})
     demo_chunk: int = field(default=64, metadata={"help": "DeMo: largest DCT chunk side (chunks of <= 64 x 64)"})
     demo_topk: int = field(default=32, metadata={"help": "DeMo: DCT coefficients each rank sends per chunk"})
@@ -138,8 +140,8 @@ class PretrainConfig:
             raise ValueError("mix needs positive weights")
         if self.warmup >= self.steps:
             raise ValueError("warmup must be shorter than steps")
-        if self.optimizer not in ("adamw", "demo"):
-            raise ValueError(f"optimizer must be adamw or demo, got {self.optimizer!r}")
+        if self.optimizer not in ("adamw", "demo", "signum"):
+            raise ValueError(f"optimizer must be adamw, demo or signum, got {self.optimizer!r}")
         if not 0 <= self.demo_beta < 1 or self.demo_chunk < 1 or self.demo_topk < 1:
             raise ValueError("demo_beta must be in [0, 1); demo_chunk and demo_topk positive")
 
@@ -249,12 +251,14 @@ def save_model(out: Path, model, tok, record: dict) -> None:
 
 
 def make_optimizer(model: LlamaForCausalLM, cfg: PretrainConfig) -> torch.optim.Optimizer:
-    """Weight decay on the matrices only; AdamW or DeMo by cfg.optimizer."""
+    """Weight decay on the matrices only; AdamW, DeMo or Signum by cfg.optimizer."""
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     if cfg.optimizer == "demo":
         return DeMo(groups, lr=cfg.lr, beta=cfg.demo_beta, chunk=cfg.demo_chunk, topk=cfg.demo_topk)
+    if cfg.optimizer == "signum":
+        return Signum(groups, lr=cfg.lr)
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95))
 
 
@@ -327,7 +331,7 @@ def _train(cfg: PretrainConfig, rank: distributed.Rank) -> Path:
     if cfg.compile:
         model.forward = torch.compile(model.forward, dynamic=True)
     net = model
-    if rank.distributed and cfg.optimizer == "adamw":
+    if rank.distributed and cfg.optimizer != "demo":
         net = DistributedDataParallel(model, device_ids=[rank.local] if torch.device(cfg.device).type == "cuda"
                                       else None)  # also broadcasts rank 0's weights
     elif rank.distributed:

@@ -1,4 +1,4 @@
-"""Data-parallel pretraining on two gloo ranks (AdamW+DDP and DeMo), and DeMo's DCT compression."""
+"""Data-parallel pretraining on two gloo ranks (AdamW+DDP, DeMo, Signum+DDP), and DeMo's DCT compression."""
 
 import json
 import os
@@ -9,7 +9,7 @@ import torch
 import torch.multiprocessing as mp
 
 from ponder.trainers import pretrain
-from ponder.trainers.demo import ChunkedDCT, DeMo, compress, dct_basis, decompress
+from ponder.trainers.demo import ChunkedDCT, DeMo, Signum, compress, dct_basis, decompress
 
 STEPS = 8
 
@@ -60,7 +60,7 @@ def metrics(args: dict) -> list[dict]:
     return [json.loads(line) for line in open(args["metrics"])]
 
 
-@pytest.mark.parametrize("optimizer", ["adamw", "demo"])
+@pytest.mark.parametrize("optimizer", ["adamw", "demo", "signum"])
 def test_two_gloo_ranks_stay_identical_and_the_loss_falls(tmp_path, optimizer):
     args = cfg_args(tmp_path / optimizer, optimizer=optimizer)
     run_ranks(2, args)
@@ -73,13 +73,14 @@ def test_two_gloo_ranks_stay_identical_and_the_loss_falls(tmp_path, optimizer):
     record = json.loads((tmp_path / optimizer / "train_record.json").read_text())
     n_params = sum(t.numel() for t in ranks[0].values())
     assert record["world_size"] == 2 and record["optimizer"] == optimizer
-    if optimizer == "adamw":
+    if optimizer != "demo":
         assert {r["bytes_sent"] for r in rows} == {4 * n_params}  # every fp32 gradient, once per step
+    if optimizer == "adamw":
         # each rank takes half the step's micro-batches: the global batch, and so the loss, is the one-process one
         single = cfg_args(tmp_path / "single", optimizer=optimizer)
         pretrain.train(pretrain.PretrainConfig(**single))
         assert losses == pytest.approx([r["loss"] for r in metrics(single)], rel=1e-4)
-    else:
+    if optimizer == "demo":
         assert 0 < max(r["bytes_sent"] for r in rows) < 4 * n_params / 20
 
 
@@ -145,6 +146,19 @@ def test_demo_step_sends_the_top_k_keeps_the_residual_and_steps_by_the_sign():
     expected = p0 * (1 - lr * wd) - lr * torch.sign(sent)  # decoupled weight decay, then the sign step
     assert torch.allclose(p.detach(), expected, atol=1e-12)
     assert opt.bytes_sent == 0  # one process sends nothing
+
+
+def test_signum_steps_by_the_sign_of_the_momentum():
+    p0 = torch.tensor([1.0, -2.0, 3.0])
+    p = torch.nn.Parameter(p0.clone())
+    opt = Signum([{"params": [p], "weight_decay": 0.1}], lr=0.5, beta=0.9)
+    p.grad = torch.tensor([2.0, -1.0, 0.0])
+    opt.step()  # m = 0.1 g = [0.2, -0.1, 0]
+    p1 = p0 * 0.95 - 0.5 * torch.tensor([1.0, -1.0, 0.0])
+    assert torch.allclose(p.detach(), p1)
+    p.grad = torch.tensor([-1.0, 2.0, 1.0])
+    opt.step()  # m = [0.08, 0.11, 0.1]: the first coordinate still steps along the momentum, against g
+    assert torch.allclose(p.detach(), p1 * 0.95 - 0.5)
 
 
 def test_decompress_means_over_the_ranks_that_sent_an_index():
