@@ -215,4 +215,3 @@ class Signum(torch.optim.Optimizer):
                 p.mul_(1 - group["lr"] * group["weight_decay"])
                 m.lerp_(p.grad, 1 - group["beta"])
                 p.add_(m.sign(), alpha=-group["lr"])
-

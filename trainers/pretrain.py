@@ -123,7 +123,7 @@ class PretrainConfig:
     bf16: bool | None = field(default=None, metadata={"help": BF16_HELP})
     compile: bool = field(default=True, metadata={"help": "torch.compile the forward (1.3x on CPU, ~1 min to compile)"})
     optimizer: str = field(default="adamw", metadata={
-        "help": "adamw (betas 0.9, 0.95; DDP all-reduces gradients) or demo (DeMo: ranks exchange only the "
+        "help": "adamw (betas 0.9, 0.95; DDP all-reduces gradients), demo (DeMo: ranks exchange only the "
                 "top-k DCT components of their momentum; PAPERS.md section 5) or signum (DDP all-reduces; the sign of "
                 "the momentum: DeMo's step with nothing compressed, a reference)"})
     demo_beta: float = field(default=0.999, metadata={"help": "DeMo: momentum decay (the paper's compression decay)"})
