@@ -74,6 +74,12 @@ class ChunkedDCT:
         return x.reshape(self.shape)
 
 
+def index_dtype(chunk_numel: int) -> torch.dtype:
+    """What a coefficient's index travels as: a chunk has at most 64 x 64 = 4096 positions by default,
+    so int16 holds any index."""
+    return torch.int16 if chunk_numel <= 2**15 else torch.int32
+
+
 def compress(coeffs: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The k largest-magnitude coefficients of each chunk: (indices, values), both (n_chunks, k)."""
     idx = coeffs.abs().topk(min(k, coeffs.shape[-1]), dim=-1, sorted=False).indices
@@ -144,8 +150,7 @@ class DeMo(torch.optim.Optimizer):
                 dct = self.transform(p)
                 idx, val = compress(dct.encode(m), self.topk)
                 m.sub_(dct.decode(decompress([idx], [val], idx.shape[0], dct.chunk_numel)))
-                # a chunk has at most 64 x 64 = 4096 positions by default: int16 holds any index
-                sent += [val, idx.to(torch.int16 if dct.chunk_numel <= 2**15 else torch.int32)]
+                sent += [val, idx.to(index_dtype(dct.chunk_numel))]
                 params.append(p)
                 lrs.append(lr)
         received = self.all_gather(sent)
