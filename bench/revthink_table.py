@@ -26,7 +26,7 @@ import json
 import sys
 from pathlib import Path
 
-from ponder.server.config import DEFAULT_MODEL
+from ponder.models import DEFAULT_MODEL
 from ponder.tasks.eval import EvalConfig, diff_interval, evaluate
 from ponder.trainers import revthink
 

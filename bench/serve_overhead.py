@@ -24,7 +24,7 @@ from pathlib import Path
 import httpx
 from openai import AsyncOpenAI
 
-from ponder.server.config import DEFAULT_MODEL
+from ponder.models import DEFAULT_MODEL
 from ponder.tasks import arith
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's tests/ helpers
@@ -38,7 +38,7 @@ def commands(model: str, port: int) -> dict[str, list[str]]:
             "--served-model-name", Path(model).name, "--host", "127.0.0.1", "--port", str(port),
             "--enforce-eager", "--no-enable-chunked-prefill", "--max-num-batched-tokens", "4096",
             "--gpu-memory-utilization", "0.3", "--enable-prefix-caching", "--max-logprobs", "20", "--seed", "0",
-            "--logits-processors", "ponder.server.engine.logits:MaskTokensAtPositions"]
+            "--logits-processors", "ponder.engine.logits:MaskTokensAtPositions"]
     ponder = [sys.executable, "-m", "ponder", "serve", "--model", model, "--host", "127.0.0.1",
               "--port", str(port), "--log-level", "warning"]
     return {"vLLM": vllm, "ponder": ponder}

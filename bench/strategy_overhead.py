@@ -19,10 +19,10 @@ import time
 from prometheus_client import REGISTRY
 
 from ponder import strategies
-from ponder.server.config import DEFAULT_MODEL
+from ponder.engine.protocol import SamplingSpec, collect
+from ponder.models import DEFAULT_MODEL
 from ponder.strategies import tournament as tm
 from ponder.strategies.base import Context, Query, seeded
-from ponder.strategies.engine import SamplingSpec, collect
 from ponder.tasks import arith
 
 
@@ -39,7 +39,7 @@ def cache_counters() -> tuple[float, float]:
 
 
 async def bench(args) -> None:
-    from ponder.server.engine.vllm_engine import VllmConfig, VllmEngine
+    from ponder.engine.vllm_engine import VllmConfig, VllmEngine
 
     engine = VllmEngine(VllmConfig(model=args.model))
     name = engine.models()[0].id

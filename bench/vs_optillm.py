@@ -51,7 +51,7 @@ from pathlib import Path
 import httpx
 import psutil
 
-from ponder.server.config import DEFAULT_MODEL
+from ponder.models import DEFAULT_MODEL
 from ponder.tasks import arith
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -123,7 +123,7 @@ def vllm_cmd(model: str, port: int) -> list[str]:
             "--served-model-name", NAME, "--host", "127.0.0.1", "--port", str(port), "--enforce-eager",
             "--no-enable-chunked-prefill", "--max-num-batched-tokens", "4096", "--gpu-memory-utilization", "0.3",
             "--enable-prefix-caching", "--max-logprobs", "20", "--seed", "0",
-            "--logits-processors", "ponder.server.engine.logits:MaskTokensAtPositions"]
+            "--logits-processors", "ponder.engine.logits:MaskTokensAtPositions"]
 
 
 def ponder_cmd(model: str, port: int, upstreams: list[str]) -> list[str]:

@@ -1,4 +1,4 @@
-"""Puzzle NAS (PAPERS.md section 4): a faster heterogeneous child of a trained parent.
+"""Puzzle NAS (Bercovich et al. 2024, arXiv:2411.19146): a faster heterogeneous child of a trained parent.
 
 Each step is a command over one run folder, cached on disk and resumable:
 

@@ -4,7 +4,7 @@
 
 Each candidate sub-block gets the parent's own input to that sub-block (the
 residual stream entering it, from the parent's forward pass) and learns to
-reproduce what the parent's sub-block adds there (PAPERS.md section 4, step 2):
+reproduce what the parent's sub-block adds there (Puzzle, arXiv:2411.19146, step 2):
 
     L_v = MSE(o_parent, o_v) / MSE(o_parent, 0)        over real tokens
 

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ponder.nas import configuration_decilm
+from ponder.engine import configuration_decilm
 from ponder.nas.decilm import HeteroConfig, HeteroLlama, save_weights
 from ponder.trainers.pretrain import save_atomic
 

@@ -7,7 +7,7 @@ parent on task text, every token, all of its weights trainable:
 
     L = sum_layers (1 - cos(h_child, h_parent)) + KL(p_parent || p_child)
 
-(PAPERS.md section 4, step 6), with no LM loss: the paper found it hurt.
+(Puzzle, arXiv:2411.19146, step 6), with no LM loss: the paper found it hurt.
 `--loss_type kl` or `cosine` keeps one term (ablations). Held-out KL(parent ||
 child) per reply token is printed before and after.
 

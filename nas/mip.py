@@ -3,7 +3,7 @@
     ponder nas mip --run runs/nas --speedups 1.25,1.5,2.0 --alternatives 1
 
 With x[o] = 1 when option o (a variant in its slot, a slot being one layer's
-attention or FFN) is chosen, scipy's HiGHS solves (PAPERS.md section 4, step 5):
+attention or FFN) is chosen, scipy's HiGHS solves (Puzzle, arXiv:2411.19146, step 5):
 
     minimise    sum_o score[o] x[o]                        (summed replace-one-block KL)
     subject to  sum_{o in slot} x[o] = 1                   for every slot

@@ -4,7 +4,7 @@
 
 Each variant (as BLD left it) goes alone into the otherwise untouched parent,
 and the model is scored by KL(parent || model) per reply token on held-out task
-text (val split): the score the paper found best (PAPERS.md section 4, step 3).
+text (val split): the score the paper found best (Puzzle, arXiv:2411.19146, step 3).
 An architecture's predicted damage is the sum of its blocks' scores; the MIP
 minimises it. The parent's own block scores exactly 0.
 

@@ -2,7 +2,7 @@
 
     ponder nas space --parent models/ponder-small --run runs/nas
 
-Every layer offers the same menu (PAPERS.md section 4, step 1):
+Every layer offers the same menu (Puzzle, arXiv:2411.19146, step 1):
   attention: parent | GQA with n_heads_in_group in kv_groups (fewer KV heads) | no-op
   ffn:       parent | each fraction of ffn_fractions of the parent's width | no-op
 A candidate sub-block starts as a slice of the parent's: K/V heads mean-pooled

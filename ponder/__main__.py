@@ -1,6 +1,6 @@
 """`python -m ponder ...`: the same as the `ponder` command."""
 
-from ponder.server.cli import main
+from ponder.cli import main
 
 if __name__ == "__main__":
     main()

@@ -22,7 +22,7 @@ from fastapi.security import HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ponder import strategies
+from ponder import strategies, tasks
 from ponder.server import errors, metrics
 from ponder.server.errors import APIError
 from ponder.server.protocol import (
@@ -34,6 +34,7 @@ from ponder.server.protocol import (
     ModelList,
     StrategyList,
     StrategyObject,
+    TaskObject,
 )
 from ponder.server.serving import OpenAIServing
 
@@ -114,9 +115,14 @@ class LimitBody:
             await too_large.response()(scope, receive, send)
 
 
-def strategy_list(default: str | dict) -> StrategyList:
-    return StrategyList(default=default, data=[
-        StrategyObject(name=s.name, description=s.doc, parameters=s.schema()) for s in strategies.STRATEGIES.values()])
+def strategy_list(serving: OpenAIServing) -> StrategyList:
+    names = list(tasks.TASKS)
+    return StrategyList(
+        default=serving.limits.default_strategy,
+        data=[StrategyObject(name=s.name, description=s.doc, parameters=s.schema(names), models=serving.supported(s))
+              for s in strategies.STRATEGIES.values()],
+        tasks=[TaskObject(name=t.name, description=t.description) for t in tasks.TASKS.values()],
+        model_tasks={m: t.name for m, t in serving.tasks.items()})
 
 
 def create_app(serving: OpenAIServing, *, api_key: str | None = None,
@@ -156,7 +162,7 @@ def create_app(serving: OpenAIServing, *, api_key: str | None = None,
 
     @v1.get("/strategies", response_model=StrategyList)
     async def list_strategies(request: Request) -> StrategyList:
-        return strategy_list(request.app.state.serving.limits.default_strategy)
+        return strategy_list(request.app.state.serving)
 
     @v1.post("/chat/completions", response_model=ChatCompletionResponse)
     async def chat(body: ChatCompletionRequest, request: Request):

@@ -1,4 +1,4 @@
-"""The `ponder` command: serve, eval, train."""
+"""`ponder serve`: build the engines, then run the app under uvicorn with ponder's drain on SIGTERM."""
 
 from __future__ import annotations
 
@@ -16,14 +16,6 @@ from typing import Any
 from ponder.server.config import ServeConfig, parse_args
 
 log = logging.getLogger("ponder")
-USAGE = """usage: ponder <command> [options]
-
-commands:
-  serve     OpenAI-compatible server with per-request strategies (ponder serve --help)
-  eval      accuracy of a strategy on a built-in task (ponder eval --help)
-  train     train ponder's models: pretrain | cdpo-contrast | cdpo | revthink-data | revthink
-  nas       Puzzle: a faster heterogeneous child of a model (ponder nas --help)
-"""
 
 
 def _server_class():
@@ -79,11 +71,11 @@ def _server_class():
 
 async def build_engines(cfg: ServeConfig) -> list:
     if cfg.upstream:
-        from ponder.server.engine.remote import RemoteEngine, UpstreamError
+        from ponder.engine.remote import RemoteEngine, UpstreamError
 
         remote = RemoteEngine(cfg.upstream, cfg.model[0], cfg.tokenizer or cfg.model[0],
                               adapters=[s.split("=", 1)[0] for s in cfg.lora], api_key=cfg.upstream_api_key,
-                              max_model_len=cfg.max_model_len or 4096,
+                              max_model_len=cfg.max_model_len,
                               connections=cfg.upstream_connections or cfg.max_concurrent_requests,
                               health_interval=cfg.upstream_health_interval)
         try:
@@ -92,18 +84,18 @@ async def build_engines(cfg: ServeConfig) -> list:
             await remote.aclose()
             raise SystemExit(f"ponder: {e}") from None
         return [remote]
-    from ponder.server.engine.vllm_engine import VllmConfig, VllmEngine
+    from ponder.engine.vllm_engine import VllmConfig, start_engines
 
-    engines = []
+    configs = []
     for i, path in enumerate(cfg.model):
         if not Path(path).exists():
             raise SystemExit(f"ponder: model folder {path} does not exist")
         loras = tuple(tuple(s.split("=", 1)) for s in cfg.lora) if i == 0 else ()
-        engines.append(VllmEngine(VllmConfig(
+        configs.append(VllmConfig(
             model=path, name=cfg.served_model_name[i] if cfg.served_model_name else None,
             loras=loras, max_model_len=cfg.max_model_len, enforce_eager=cfg.enforce_eager,
-            max_logprobs=cfg.max_logprobs, kv_cache_gib=cfg.kv_cache_gib, engine_args=cfg.engine_kwargs())))
-    return engines
+            max_logprobs=cfg.max_logprobs, kv_cache_gib=cfg.kv_cache_gib, engine_args=cfg.engine_kwargs()))
+    return await start_engines(configs)
 
 
 def strategy_flags(cfg: ServeConfig) -> tuple[str | dict, dict[str, str | dict]]:
@@ -140,7 +132,7 @@ async def serve(cfg: ServeConfig) -> int:
     try:
         serving = OpenAIServing(engines, Limits(max_n=cfg.max_n, max_request_tokens=cfg.max_request_tokens,
                                                 max_concurrent_requests=cfg.max_concurrent_requests,
-                                                default_strategy=default, efforts=efforts))
+                                                default_strategy=default, task=cfg.task, efforts=efforts))
         server = None
 
         def on_engine_death() -> None:
@@ -164,31 +156,7 @@ async def serve(cfg: ServeConfig) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] in ("-h", "--help"):
-        print(USAGE)
-        return
-    command, rest = argv[0], argv[1:]
-    if command == "serve":
-        cfg = parse_args(rest)
-        logging.basicConfig(level=cfg.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        print("ponder serve config: " + json.dumps(cfg.public()), flush=True)
-        sys.exit(asyncio.run(serve(cfg)))
-    elif command == "eval":
-        from ponder.tasks.eval import main as eval_main
-
-        eval_main(rest)
-    elif command == "train":
-        from ponder.trainers import main as train_main
-
-        train_main(rest)
-    elif command == "nas":
-        from ponder.nas import main as nas_main
-        nas_main(rest)
-    else:
-        print(USAGE, file=sys.stderr)
-        sys.exit(f"ponder: unknown command {command!r}")
-
-
-if __name__ == "__main__":
-    main()
+    cfg = parse_args(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=cfg.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    print("ponder serve config: " + json.dumps(cfg.public()), flush=True)
+    sys.exit(asyncio.run(serve(cfg)))

@@ -17,22 +17,11 @@ import types
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from importlib import resources
-from pathlib import Path
 from typing import Any
 
+from ponder import tasks
+from ponder.models import default_models
 from ponder.server.protocol import EffortLevel
-
-# The built-in models are package data of ponder.models: the checkout's models/
-# in an editable install, site-packages/ponder/models from a wheel.
-MODELS = Path(str(resources.files("ponder.models")))
-DEFAULT_MODEL = str(MODELS / "ponder-small")
-
-
-def default_models() -> list[str]:
-    """ponder-small, with the contrastive models critical_tokens scores with when they are there."""
-    contrast = [f"{DEFAULT_MODEL}-{k}" for k in ("pos", "neg")]
-    return [DEFAULT_MODEL, *(m for m in contrast if Path(m, "config.json").exists())]
 
 
 @dataclass
@@ -60,6 +49,10 @@ class ServeConfig:
     port: int = field(default=8000, metadata={"help": "port to bind"})
     api_key: str | None = field(default=None, metadata={
         "help": "require 'Authorization: Bearer KEY' on every /v1 path"})
+    task: str = field(default="math", metadata={
+        "help": "task whose formats (answers, judge, backward questions) the strategies use for models that declare "
+                "none in a ponder.json beside their weights (ponder's own models declare 'arith'); a request's "
+                "strategy.task wins; one of " + ", ".join(tasks.TASKS)})
     default_strategy: str = field(default="direct", metadata={
         "help": "strategy for requests that name none (a name or a JSON object)"})
     max_n: int = field(default=64, metadata={"help": "cap on n (request and strategy)"})
@@ -103,6 +96,7 @@ class ServeConfig:
         for spec in self.lora:
             if "=" not in spec:
                 raise ValueError(f"--lora takes NAME=PATH, got {spec!r}")
+        tasks.get(self.task)
         if self.api_key == "":
             raise ValueError("--api-key must not be empty")
         if self.max_body_bytes < 1:

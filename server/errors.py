@@ -21,7 +21,8 @@ from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from ponder.strategies.engine import EngineBusyError, EngineDeadError, EngineError, EngineRequestError
+from ponder.engine.protocol import EngineBusyError, EngineDeadError, EngineError, EngineRequestError
+from ponder.strategies.base import StrategyError
 from ponder.strategies.params import ParamError
 
 log = logging.getLogger("ponder.errors")
@@ -67,7 +68,7 @@ def from_exception(e: BaseException) -> APIError:
                         code="engine_dead", retry=False)
     if isinstance(e, EngineBusyError):
         return APIError(429, str(e), "rate_limit_error", code="engine_busy")
-    if isinstance(e, (EngineRequestError, ValueError)):
+    if isinstance(e, (EngineRequestError, StrategyError)):  # the request's input, and nothing else, is at fault
         return bad_request(str(e))
     if isinstance(e, EngineError):
         return APIError(502, f"engine error: {e}", "server_error", retry=False)

@@ -12,8 +12,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator
 
-from ponder import strategies
-from ponder.strategies.engine import SamplingSpec
+from ponder import strategies, tasks
+from ponder.engine.protocol import SamplingSpec
 
 EffortLevel = Literal["minimal", "low", "medium", "high"]
 
@@ -66,7 +66,7 @@ class ChatMessage(StrictModel):
 
 # Typed loosely for parsing (ponder.strategies.resolve checks it and names the bad field), but
 # documented as a oneOf over the strategies, so /openapi.json clients and fuzzers see every parameter.
-StrategyField = Annotated[str | dict[str, Any] | None, WithJsonSchema(strategies.request_schema())]
+StrategyField = Annotated[str | dict[str, Any] | None, WithJsonSchema(strategies.request_schema(list(tasks.TASKS)))]
 
 
 class _Common(StrictModel):
@@ -259,9 +259,17 @@ class StrategyObject(BaseModel):
     name: str
     description: str
     parameters: dict[str, Any]  # JSON schema
+    models: list[str]  # the served models it runs on with its default parameters
+
+
+class TaskObject(BaseModel):
+    name: str
+    description: str
 
 
 class StrategyList(BaseModel):
     object: Literal["list"] = "list"
     default: str | dict[str, Any]
     data: list[StrategyObject]
+    tasks: list[TaskObject]  # what `strategy.task` may name
+    model_tasks: dict[str, str]  # each served model's task when a request names none

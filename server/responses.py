@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from ponder.engine.protocol import TokenLogprob
 from ponder.server.protocol import (
     ChatChoice,
     ChatCompletionResponse,
@@ -21,7 +22,6 @@ from ponder.server.protocol import (
 )
 from ponder.strategies import Strategy
 from ponder.strategies.base import Context, Query, Result
-from ponder.strategies.engine import TokenLogprob
 from ponder.strategies.params import StrategyParams
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import time
 import uuid
 from dataclasses import dataclass
@@ -18,15 +19,17 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from ponder import strategies
+from ponder import strategies, tasks
+from ponder.engine.protocol import Engine, EngineDeadError, render_chat
 from ponder.server import metrics, streaming
 from ponder.server.errors import APIError, bad_request, from_exception
 from ponder.server.protocol import ChatCompletionRequest, CompletionRequest, ModelList, ModelObject
 from ponder.server.responses import Prepared, response
 from ponder.strategies.base import Context, Query, Result, seeded
-from ponder.strategies.engine import Engine, EngineDeadError, render_chat
 from ponder.strategies.params import ParamError, StrategyParams
+from ponder.tasks.formats import Task
 
+log = logging.getLogger("ponder.serving")
 CHOICE_SEED_STRIDE = 100_003  # choice j of a seeded request uses seed + j * stride
 OFF_LOOP_CHARS = 8_192  # prompts longer than this are tokenized in a worker thread
 
@@ -37,6 +40,7 @@ class Limits:
     max_request_tokens: int = 262_144
     max_concurrent_requests: int = 256
     default_strategy: str | dict[str, Any] = "direct"
+    task: str = tasks.DEFAULT  # for models whose folder declares none (--task)
     # reasoning_effort -> strategy spec; a request's explicit `strategy` wins.
     efforts: dict[str, str | dict[str, Any]] = dataclasses.field(default_factory=lambda: dict(EFFORTS))
 
@@ -55,9 +59,14 @@ class OpenAIServing:
         self.engines = engines
         self.limits = limits
         self.routes: dict[str, tuple[Engine, str | None]] = {}
+        self.tasks: dict[str, Task] = {}  # model id -> the task its folder declares, else the server's
         for engine in engines:
+            base = limits.task
             for card in engine.models():
                 self.routes[card.id] = (engine, card.id if card.parent else None)
+                if card.parent is None:
+                    base = tasks.declared(card.root) or limits.task
+                self.tasks[card.id] = tasks.get(base)  # an adapter shares its base model's task
         self.in_flight = 0
         self.draining = False
         self._stopping = asyncio.Event()  # set when the drain's grace is over: running requests end
@@ -95,6 +104,27 @@ class OpenAIServing:
         except ParamError as e:
             raise bad_request(str(e), param=e.param, code="invalid_strategy") from e
 
+    def task(self, params: StrategyParams, model: str) -> Task:
+        """The request's task (strategy.task), else its model's; checked against what the strategy needs."""
+        try:
+            if any(p.task is not None for p in list(strategies.tree(params))[1:]):
+                raise ParamError("task", "is set once, on the outermost strategy (samplers use the same)")
+            try:
+                task = tasks.get(params.task) if params.task is not None else self.tasks[model]
+            except ValueError as e:
+                raise ParamError("task", str(e)) from None
+            for p in strategies.tree(params):
+                p.check_task(task)
+        except ParamError as e:
+            raise bad_request(f"strategy.{e}", param=f"strategy.{e.param}", code="invalid_strategy") from e
+        return task
+
+    def supported(self, strategy: strategies.Strategy) -> list[str]:
+        """The served models a strategy runs on with its default parameters (e.g. critical_tokens:
+        those whose contrastive models are served too)."""
+        params = strategy.Params()
+        return [m for m in self.routes if all(x in self.routes for x in params.models(m))]
+
     # ---- requests ----
 
     async def prepare(self, req: ChatCompletionRequest | CompletionRequest, path_strategy: str | None) -> Prepared:
@@ -110,8 +140,14 @@ class OpenAIServing:
         if req.n > lim.max_n or leaves > lim.max_n:
             raise bad_request(f"n is capped at {lim.max_n} (request n={req.n}, samples per run across the "
                               f"strategy's samplers={leaves})", param="n")
-        for model in strategies.models(params, req.model):
-            self.route(model)
+        for p in strategies.tree(params):
+            missing = [m for m in p.models(req.model) if m not in self.routes]
+            if missing:
+                hint = p.missing_models_hint
+                raise bad_request(f"strategy: model(s) {', '.join(missing)} are not served here (served: "
+                                  f"{', '.join(self.routes)}){'; ' + hint if hint else ''}",
+                                  param="strategy", code="model_not_found")
+        task = self.task(params, req.model)
         prompts = await self._prompts(req, engine.tokenizer)
         longest = max(len(ids) for ids, _, _ in prompts)
         room = engine.max_model_len - longest
@@ -135,7 +171,8 @@ class OpenAIServing:
         queries, echo = [], []
         for ids, question, prefix in prompts:
             for j in range(req.n):
-                queries.append(Query(req.model, ids, question, seeded(spec, j * CHOICE_SEED_STRIDE), live=len(queries)))
+                queries.append(Query(req.model, ids, question, seeded(spec, j * CHOICE_SEED_STRIDE), task,
+                                     live=len(queries)))
                 echo.append(prefix)
         kind = "chat" if isinstance(req, ChatCompletionRequest) else "completion"
         rid = ("chatcmpl-" if kind == "chat" else "cmpl-") + uuid.uuid4().hex
@@ -192,7 +229,13 @@ class OpenAIServing:
             metrics.REQUESTS.labels(p.kind, name, status).inc()
             metrics.LATENCY.labels(name).observe(time.perf_counter() - t0)
             if ctx is not None:
-                metrics.record(name, ctx.prompt_tokens, ctx.completion_tokens, ctx.calls)
+                metrics.record(name, ctx.prompt_tokens, ctx.completion_tokens, ctx.calls, ctx.counts)
+                verdicts = {how: n for (kind, how), n in ctx.counts.items() if kind == "verdicts"}
+                if verdicts.get("written", 0) < sum(verdicts.values()) / 2:
+                    log.warning("request %s: the judge wrote its verdict in the task's format in only %d of %d "
+                                "calls (the rest were read from log-probabilities: %s); a task whose judge format "
+                                "the model follows reads better", p.id, verdicts.get("written", 0),
+                                sum(verdicts.values()), verdicts)
 
         tok = self.route(p.model)[0].tokenizer
         if req.stream:

@@ -25,8 +25,9 @@ class Strategy(NamedTuple):
     Params: type[StrategyParams]
     doc: str
 
-    def schema(self) -> dict[str, Any]:
-        return schema(self.Params)
+    def schema(self, tasks: list[str] | None = None) -> dict[str, Any]:
+        """The JSON schema of the parameters; `tasks`: the names `task` may take."""
+        return schema(self.Params, {"task": tasks} if tasks else None)
 
 
 def _entry(module: Any) -> Strategy:
@@ -39,10 +40,10 @@ STRATEGIES: dict[str, Strategy] = {
 }
 
 
-def request_schema() -> dict[str, Any]:
+def request_schema(tasks: list[str] | None = None) -> dict[str, Any]:
     """JSON schema of a request's `strategy` field: a name, or one object per strategy, or null."""
     objects = [{"type": "object", "title": s.name, "required": ["name"], "additionalProperties": False,
-                "properties": {"name": {"type": "string", "enum": [s.name]}, **s.schema()["properties"]}}
+                "properties": {"name": {"type": "string", "enum": [s.name]}, **s.schema(tasks)["properties"]}}
                for s in STRATEGIES.values()]
     return {"oneOf": [{"type": "string", "enum": list(STRATEGIES)}, *objects, {"type": "null"}],
             "description": 'a strategy name or {"name": ..., **params}; see GET /v1/strategies'}
@@ -70,7 +71,7 @@ def resolve(spec: Any, where: str = "strategy", depth: int = 0) -> tuple[Strateg
         if depth + 1 >= MAX_DEPTH:
             raise ParamError(f"{where}.sampler", f"samplers nest at most {MAX_DEPTH} strategies deep")
         inner, inner_params = resolve(kwargs["sampler"], f"{where}.sampler", depth + 1)
-        kwargs["sampler"] = Sampler(inner.name, inner_params)
+        kwargs["sampler"] = Sampler(inner.name, inner_params, inner.run)
     try:
         return strategy, strategy.Params(**kwargs)
     except ParamError as e:

@@ -1,43 +1,42 @@
-"""Answer extraction and voting: pure functions shared by the strategies."""
+"""Reading answers (through the request's task) and voting: shared by the strategies."""
 
 from __future__ import annotations
 
 import asyncio
-import re
 from collections import Counter
 from collections.abc import Sequence
 
-from ponder.strategies.params import findall
+from ponder.strategies.base import Context, Task
+from ponder.strategies.params import ParamError, findall
 
-# "Answer: 42" (ponder's tasks, and a common convention); otherwise the last number.
-ANSWER_PATTERN = r"Answer:\s*(-?\d[\d,]*(?:\.\d+)?)"
-NUMBER_RE = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
-
-
-def extract_answer(text: str, pattern: str = ANSWER_PATTERN) -> str | None:
-    """The last match of `pattern` (its first group), else the last number, normalised."""
-    found = findall(pattern, text)
-    if not found:
-        found = NUMBER_RE.findall(text)
-    if not found:
-        return None
-    answer = found[-1] if isinstance(found[-1], str) else found[-1][0]
-    return normalize(answer)
+ANSWER_PATTERN_HELP = "regex whose first group is the answer (default: the task's extraction)"
 
 
-async def extract_answers(texts: Sequence[str], pattern: str = ANSWER_PATTERN) -> list[str | None]:
-    """extract_answer over many texts in a worker thread: user patterns never run on the event loop."""
-    return await asyncio.to_thread(lambda: [extract_answer(t, pattern) for t in texts])
+async def extract_answers(ctx: Context, task: Task, texts: Sequence[str], pattern: str | None = None,
+                          count: bool = True) -> list[str | None]:
+    """Each text's answer: the first group of a request's `answer_pattern` (last match), else the
+    task's extraction. Runs in a worker thread: user patterns never run on the event loop.
+    Counts extracted and unextracted answers on the context (count=False: auxiliary texts)."""
+
+    def one(text: str) -> str | None:
+        found = findall(pattern, text) if pattern is not None else None
+        if not found:
+            return task.extract(text)
+        last = (found[-1] if isinstance(found[-1], str) else found[-1][0]).strip()
+        return (task.extract(last) or last) if last else None  # normalised as the task does, where it can
+
+    answers = await asyncio.to_thread(lambda: [one(t) for t in texts])
+    if count:
+        missing = answers.count(None)
+        ctx.count("answers", "unextracted", missing)
+        ctx.count("answers", "extracted", len(answers) - missing)
+    return answers
 
 
-def normalize(answer: str) -> str:
-    """"1,000" and "1000.0" vote together with "1000"."""
-    a = answer.strip().replace(",", "")
-    try:
-        x = float(a)
-    except ValueError:
-        return a
-    return str(int(x)) if x == int(x) else repr(x)
+def needs_answers(strategy: str, task: Task) -> None:
+    if not task.has_answers:
+        raise ParamError("task", f"the task {task.name!r} has no extractable answers, which {strategy} votes on; "
+                         "use the tournament (it judges whole replies) or another task")
 
 
 def vote(answers: Sequence[str | None], weights: Sequence[float] | None = None) -> tuple[str | None, dict[str, float]]:

@@ -12,15 +12,42 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
-from ponder.strategies.engine import Engine, Output, SamplingSpec, TokenLogprob, collect, render_chat
+from ponder.engine.protocol import Engine, Output, SamplingSpec, TokenLogprob, collect, render_chat
 from ponder.strategies.params import Sampler
 
 Router = Callable[[str], tuple[Engine, str | None]]  # model id -> (engine, adapter or None)
 Deltas = Callable[[int, Output], None]  # (choice index, delta) as the engine makes it
+
+
+class Task(Protocol):
+    """What a strategy asks of the request's task (ponder.tasks implements it; no strategy names a task).
+
+    extract: a reply's answer, normalised (None: none, or the task has none). judge_messages: the
+    judge's chat prompt for (question, solution 1, solution 2). read_verdict: the written verdict,
+    1, 2, 0 (tie) or None (none in the task's format). verdict_slots: (the reply's reasoning, the
+    verdict for solution 1, for solution 2), to read a verdict from log-probabilities.
+    backward_question: (question with a number masked, that number) or None; backward_prompt: the
+    message that asks to solve it; backward_question_prompt / masked_quantity: the same for a backward
+    question the model writes (RevThink), where the task has that format."""
+
+    name: str
+    has_answers: bool
+    has_backward: bool
+    backward_mode: str
+
+    def extract(self, text: str) -> str | None: ...
+    def judge_messages(self, question: str, solution_1: str, solution_2: str) -> list[dict[str, str]]: ...
+    def read_verdict(self, reply: str) -> int | None: ...
+    def verdict_slots(self, reply: str) -> tuple[str, str, str]: ...
+    def backward_question(self, question: str, answer: str) -> tuple[str, str] | None: ...
+    def backward_question_prompt(self, question: str, answer: str) -> str | None: ...
+    def backward_prompt(self, backward_question: str) -> str: ...
+    def masked_quantity(self, question: str, backward_question: str, answer: str) -> str | None: ...
 
 
 @dataclass(frozen=True)
@@ -31,7 +58,13 @@ class Query:
     prompt_ids: tuple[int, ...]  # the rendered prompt every candidate continues
     question: str  # the last user message (chat) or the prompt text (completions)
     spec: SamplingSpec  # the request's own sampling settings, used for candidates
+    task: Task  # how answers and verdicts are written (the request's, its model's or the server's)
     live: int | None = None  # a top-level run answering choice i streams its answer as it is made
+
+    def but(self, **changes: Any) -> Query:
+        from dataclasses import replace
+
+        return replace(self, **changes)
 
 
 @dataclass(frozen=True)
@@ -66,6 +99,9 @@ class Context:
         self.prompt_tokens = 0
         self.completion_tokens = 0
         self.calls = 0
+        # ("verdicts", "written" | "constrained" | "unread") and ("answers", "extracted" | "unextracted"):
+        # how often the task's formats were read, for /metrics (a fallback is counted, never hidden)
+        self.counts: Counter[tuple[str, str]] = Counter()
 
     def engine(self, model: str) -> tuple[Engine, str | None]:
         return self.route(model)
@@ -75,8 +111,19 @@ class Context:
             self._progress(event)
 
     def render(self, model: str, messages: Sequence[dict[str, str]]) -> tuple[int, ...]:
-        """Token ids of a chat prompt, with the generation prompt appended."""
-        return tuple(render_chat(self.engine(model)[0].tokenizer, messages))
+        """Token ids of a chat prompt, with the generation prompt appended. A system message that
+        the model's template refuses (some templates have no system role) joins the first user one."""
+        tok = self.engine(model)[0].tokenizer
+        try:
+            return tuple(render_chat(tok, messages))
+        except Exception:
+            if not messages or messages[0]["role"] != "system" or len(messages) < 2:
+                raise
+            merged = {"role": "user", "content": messages[0]["content"] + "\n\n" + messages[1]["content"]}
+            return tuple(render_chat(tok, [merged, *messages[2:]]))
+
+    def count(self, kind: str, outcome: str, n: int = 1) -> None:
+        self.counts[kind, outcome] += n
 
     def tokenizer(self, model: str) -> Any:
         return self.engine(model)[0].tokenizer
@@ -136,12 +183,8 @@ class Context:
             self.prompt_tokens += outs[0].prompt_tokens if outs else 0
             self.completion_tokens += sum(o.completion_tokens for o in outs)
             return [Candidate(o.text, o.token_ids, o.logprobs, o.finish_reason) for o in outs], []
-        from ponder.strategies import STRATEGIES
-
-        run = STRATEGIES[sampler.name].run
         results = await asyncio.gather(*(
-            run(self, Query(query.model, query.prompt_ids, query.question, seeded(query.spec, 7919 * i)),
-                sampler.params)
+            sampler.run(self, query.but(spec=seeded(query.spec, 7919 * i), live=None), sampler.params)
             for i in range(n)))
         return [r.choice for r in results], [r.trace for r in results]
 

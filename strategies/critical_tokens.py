@@ -26,16 +26,24 @@ import asyncio
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
-from ponder.strategies.answers import ANSWER_PATTERN, extract_answers, vote
+from ponder.engine.logprobs import contrastive_scores
+from ponder.strategies.answers import ANSWER_PATTERN_HELP, extract_answers, needs_answers, vote
 from ponder.strategies.base import Candidate, Context, Query, Result, seeded
-from ponder.strategies.engine import TokenLogprob
 from ponder.strategies.params import Sampler, StrategyParams, param
+
+# What a 400 says when the contrastive models are not served.
+CONTRAST_HINT = ("critical_tokens scores tokens with a positive and a negative model of the served model: train "
+                 "them with `ponder train cdpo-contrast --base DIR` (writes DIR-pos and DIR-neg) and serve them "
+                 "beside it (--model DIR --model DIR-pos --model DIR-neg), or name served ones with "
+                 "strategy.positive_model and strategy.negative_model")
 
 
 @dataclass(frozen=True)
 class Params(StrategyParams):
+    missing_models_hint: ClassVar[str] = CONTRAST_HINT
+
     n: int = param(4, "initial candidates", ge=1)
     rounds: int = param(1, "critical-token resamples per candidate", ge=0, le=16)
     beta: float = param(1.0, "contrast strength", ge=0.0, le=100.0)
@@ -44,7 +52,7 @@ class Params(StrategyParams):
     negative_model: str | None = param(None, "model tuned on incorrect ones (default: <model>-neg)")
     top_logprobs: int = param(20, "log-probs per position for the estimate", ge=0, le=20)
     select: str = param("vote", "'vote', 'score' or 'last'", choices=("vote", "score", "last"))
-    answer_pattern: str = param(ANSWER_PATTERN, "regex whose first group is the answer", pattern=True)
+    answer_pattern: str | None = param(None, ANSWER_PATTERN_HELP, pattern=True)
     sampler: Sampler | None = param(None, "strategy that makes each candidate")
 
     def budget(self, per_sample: int) -> int:
@@ -53,21 +61,9 @@ class Params(StrategyParams):
     def models(self, model: str) -> list[str]:
         return [self.positive_model or f"{model}-pos", self.negative_model or f"{model}-neg"]
 
-
-def contrastive_scores(pos: list[TokenLogprob], neg: list[TokenLogprob], beta: float) -> list[float]:
-    """s_t for each token, from the two models' log-probs at the same positions."""
-    out = []
-    for p, q in zip(pos, neg):
-        lp_pos = {t: v for t, _, v in p.top} | {p.token_id: p.logprob}
-        lp_neg = {t: v for t, _, v in q.top} | {q.token_id: q.logprob}
-        # A token one model leaves out of its top-k gets that model's k-th log-prob (an upper bound).
-        floor_pos, floor_neg = min(lp_pos.values()), min(lp_neg.values())
-        z = {t: (1 + beta) * lp_pos.get(t, floor_pos) - beta * lp_neg.get(t, floor_neg)
-             for t in lp_pos.keys() | lp_neg.keys()}
-        top = max(z.values())
-        log_norm = top + math.log(sum(math.exp(v - top) for v in z.values()))
-        out.append(math.exp(z[p.token_id] - log_norm))
-    return out
+    def check_task(self, task: Any) -> None:
+        if self.select == "vote":
+            needs_answers("critical_tokens (select 'vote')", task)
 
 
 def critical_position(scores: list[float], threshold: float) -> int | None:
@@ -96,7 +92,7 @@ async def rollout_success(ctx: Context, query: Query, cand: Candidate, correct: 
     async def rate(t: int) -> float:
         prefix = cand.token_ids[: t + 1]
         head = tok.decode(list(prefix), skip_special_tokens=True)
-        outs, _ = await ctx.sample(Query(query.model, query.prompt_ids + prefix, query.question, query.spec), samples)
+        outs, _ = await ctx.sample(query.but(prompt_ids=query.prompt_ids + prefix, live=None), samples)
         return sum(correct(head + o.text) for o in outs) / samples
 
     rates = await asyncio.gather(*(rate(t) for t in positions))
@@ -139,7 +135,7 @@ async def run(ctx: Context, query: Query, params: Params) -> Result:
 
     chains = await asyncio.gather(*(refine(i, c) for i, c in enumerate(cands)))
     pool = [step for chain in chains for step in chain]
-    answers = await extract_answers([s["candidate"].text for s in pool], params.answer_pattern)
+    answers = await extract_answers(ctx, query.task, [s["candidate"].text for s in pool], params.answer_pattern)
     if params.select == "last":
         chosen = len(chains[0]) - 1
     elif params.select == "score":
@@ -155,7 +151,7 @@ async def run(ctx: Context, query: Query, params: Params) -> Result:
         trace["samplers"] = sub
     _, votes = vote(answers)
     return Result(choice=pool[chosen]["candidate"], trace=trace,
-                  info={"answer": answers[chosen], "votes": votes,
+                  info={"answer": answers[chosen], "votes": votes, "unextracted": answers.count(None),
                         "resamples": sum(len(c) - 1 for c in chains)})
 
 

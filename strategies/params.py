@@ -15,8 +15,9 @@ import abc
 import dataclasses
 import math
 import string
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import regex
 
@@ -54,6 +55,7 @@ class Sampler:
 
     name: str
     params: StrategyParams
+    run: Callable[..., Awaitable[Any]] = field(compare=False, repr=False)  # the strategy's run(ctx, query, params)
 
     def as_dict(self) -> dict[str, Any]:
         return {"name": self.name, **self.params.as_dict()}
@@ -62,6 +64,13 @@ class Sampler:
 @dataclass(frozen=True)
 class StrategyParams(abc.ABC):
     """Base of every strategy's Params; validates the declared limits on construction."""
+
+    # What a 400 adds when a model the run needs (`models`) is not served.
+    missing_models_hint: ClassVar[str] = ""
+
+    task: str | None = param(None, "the task whose formats (answers, judge, backward questions) the strategy uses; "
+                             "default: the one the model declares, else the server's --task, else 'math' "
+                             "(set on the outermost strategy; samplers use the same)")
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -78,6 +87,9 @@ class StrategyParams(abc.ABC):
     def models(self, model: str) -> list[str]:
         """Models a run on `model` calls besides `model` itself (judges, contrastive models)."""
         return []
+
+    def check_task(self, task: Any) -> None:  # noqa: B027 (most strategies need nothing of a task)
+        """Raise ParamError("task", ...) when this run needs what `task` does not have (e.g. answers)."""
 
     @property
     def nested(self) -> Sampler | None:
@@ -106,7 +118,7 @@ def check(f: dataclasses.Field, value: Any) -> None:
             raise ParamError(f.name, f"must be >= {meta['ge']}")
         if "le" in meta and value > meta["le"]:
             raise ParamError(f.name, f"must be <= {meta['le']}")
-    if "choices" in meta and value not in meta["choices"]:
+    if "choices" in meta and value is not None and value not in meta["choices"]:
         raise ParamError(f.name, f"must be one of {', '.join(map(repr, meta['choices']))}")
     if "template" in meta and value is not None:
         check_template(f.name, value, meta["template"])
@@ -114,8 +126,9 @@ def check(f: dataclasses.Field, value: Any) -> None:
         compile_pattern(f.name, value)
 
 
-def schema(params: type[StrategyParams]) -> dict[str, Any]:
-    """JSON schema of a Params class, from its declarations."""
+def schema(params: type[StrategyParams], enums: dict[str, list[str]] | None = None) -> dict[str, Any]:
+    """JSON schema of a Params class, from its declarations; `enums` adds the choices of fields whose
+    values the layer above knows (the task names)."""
     props: dict[str, Any] = {}
     for f in dataclasses.fields(params):
         meta, kinds = f.metadata, str(f.type).split(" | ")
@@ -131,6 +144,8 @@ def schema(params: type[StrategyParams]) -> dict[str, Any]:
             prop["maximum"] = meta["le"]
         if "choices" in meta:
             prop["enum"] = list(meta["choices"])
+        if f.name in (enums or {}):
+            prop["enum"] = [*enums[f.name], None]
         if "template" in meta or meta.get("pattern"):
             prop["maxLength"] = MAX_TEMPLATE if "template" in meta else MAX_PATTERN
         props[f.name] = prop

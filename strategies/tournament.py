@@ -12,6 +12,15 @@ K is rounded to an even number of calls, at least one per order: the official
 code's K=1 makes zero comparisons and picks at random; here K=1 means two calls.
 Pairs whose answers agree are not judged (either one carries the same answer)
 unless `judge_same_answer` is set.
+
+The judge's prompt and verdict format are the request's task's. A verdict is
+always read: the judge reasons freely and writes its verdict; where it wrote
+none in the task's format (a model that does not follow it), the verdict is read
+under constraint instead, from the log-probabilities of the task's two verdicts
+after the judge's own reasoning (`judge: "logprob"` reads every verdict so).
+How each verdict was read is counted and reported ("written", "constrained";
+"unread" only when the judge's prompt does not fit the context), so a fallback
+never passes for a decision.
 """
 
 from __future__ import annotations
@@ -22,12 +31,12 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-from ponder.strategies.answers import ANSWER_PATTERN, extract_answers
-from ponder.strategies.base import Candidate, Context, Query, Result, seeded
+from ponder.engine.logprobs import margin
+from ponder.strategies.answers import ANSWER_PATTERN_HELP, extract_answers
+from ponder.strategies.base import Candidate, Context, Query, Result, Task, seeded
 from ponder.strategies.params import Sampler, StrategyParams, findall, param
-from ponder.tasks import arith
 
-JUDGE_PATTERN = arith.WINNER_RE.pattern
+SCORES = {1: (1.0, 0.0), 2: (0.0, 1.0), 0: (0.5, 0.5)}  # a written verdict -> (Solution 1, Solution 2)
 
 
 @dataclass(frozen=True)
@@ -35,21 +44,22 @@ class Params(StrategyParams):
     n: int = param(8, "candidates", ge=1)
     k: int = param(2, "judge calls per pair, split evenly across both orders (at least one per order: "
                       "k=1 plays as k=2)", ge=1, le=64)
-    judge: str = param("text", "'text': count the verdicts the judge writes; 'logprob': average the log-prob "
-                       "margin of 'Solution 1' over 'Solution 2' across both orders (a position bias cancels)",
+    judge: str = param("text", "'text': count the verdicts the judge writes (read from log-probabilities where it "
+                       "writes none in the task's format); 'logprob': average the log-prob margin of the verdict "
+                       "'Solution 1' over 'Solution 2' across both orders (a position bias cancels)",
                        choices=("text", "logprob"))
     league: bool = param(False, "league instead of knockout")
     m: int = param(2, "league: opponents per candidate", ge=1)
     judge_model: str | None = param(None, "model that judges (default: the request's)")
     judge_prompt: str | None = param(None, "judge's user message with {question}, {solution_1}, {solution_2} "
-                                     "(default: the built-in task's, which labels each solution line)",
+                                     "(default: the task's judge prompt)",
                                      template=("question", "solution_1", "solution_2"))
-    judge_pattern: str = param(JUDGE_PATTERN, "regex whose first group is 'Solution 1', 'Solution 2' or "
-                               "anything else (a tie)", pattern=True)
+    judge_pattern: str | None = param(None, "regex whose first group is 'Solution 1', 'Solution 2' or 'Tie' "
+                                      "(default: the task's verdict format)", pattern=True)
     judge_temperature: float = param(0.1, "judge sampling temperature", ge=0.0, le=2.0)
     judge_max_tokens: int = param(256, "judge reply budget", ge=1, le=8192)
     judge_same_answer: bool = param(False, "judge pairs that give the same answer")
-    answer_pattern: str = param(ANSWER_PATTERN, "regex whose first group is the answer", pattern=True)
+    answer_pattern: str | None = param(None, ANSWER_PATTERN_HELP, pattern=True)
     sampler: Sampler | None = param(None, "strategy that makes each candidate")
 
     @property
@@ -88,13 +98,15 @@ def league_pairs(n: int, m: int) -> list[tuple[int, int]]:
     return out
 
 
-def verdict_scores(text: str, pattern: str) -> tuple[float, float]:
-    """Score of (Solution 1, Solution 2) from one judge reply."""
+def read_verdict(task: Task, text: str, pattern: str | None) -> int | None:
+    """The verdict a judge wrote: 1, 2, 0 (a tie) or None; by the task's format or a request's pattern."""
+    if pattern is None:
+        return task.read_verdict(text)
     found = findall(pattern, text, "judge_pattern")
-    last = found[-1] if found else None
-    if isinstance(last, tuple):
-        last = last[0]
-    return {"Solution 1": (1.0, 0.0), "Solution 2": (0.0, 1.0)}.get((last or "").strip(), (0.5, 0.5))
+    if not found:
+        return None
+    last = found[-1][0] if isinstance(found[-1], tuple) else found[-1]
+    return {"solution 1": 1, "solution 2": 2}.get(last.strip().lower(), 0)
 
 
 def decide(a: int, b: int, score: tuple[float, float], rng: random.Random) -> int:
@@ -114,7 +126,7 @@ def failure_bound(p_gen: float, p_comp: float, n: int, k: int) -> float:
 async def run(ctx: Context, query: Query, params: Params) -> Result:
     ctx.progress(stage="sample", n=params.n)
     cands, sub = await ctx.sample(query, params.n, params.sampler)
-    answers = await extract_answers([c.text for c in cands], params.answer_pattern)
+    answers = await extract_answers(ctx, query.task, [c.text for c in cands], params.answer_pattern)
     rng = random.Random(query.spec.seed)
     judge = _Judge(ctx, query, params, cands)
     rounds: list[dict[str, Any]] = []
@@ -142,8 +154,9 @@ async def run(ctx: Context, query: Query, params: Params) -> Result:
     judged = [g for r in rounds for g in r["games"] if g["calls"]]
     agreement = _mean([max(g.get("agreement", g["score"])) / len(g["calls"]) for g in judged])
     p_gen = _mean([a is not None and a == answers[winner] for a in answers])
-    info = {"winner": winner, "answer": answers[winner], "judge_calls": judge.calls,
-            "judge_agreement": agreement, "p_gen_est": p_gen, "p_comp_est": agreement,
+    info = {"winner": winner, "answer": answers[winner], "judge_calls": judge.calls, "verdicts": dict(judge.read),
+            "unextracted": answers.count(None), "judge_agreement": agreement, "p_gen_est": p_gen,
+            "p_comp_est": agreement,
             "failure_bound_est": failure_bound(p_gen, agreement, len(cands), 2 * params.per_order)
             if agreement is not None else None}
     trace = {"candidates": [{"text": c.text, "answer": a} for c, a in zip(cands, answers)],
@@ -153,11 +166,12 @@ async def run(ctx: Context, query: Query, params: Params) -> Result:
     return Result(choice=cands[winner], trace=trace, info=info)
 
 
-def judge_prompt(params: Params, question: str, solution_1: str, solution_2: str) -> str:
-    """The judge's user message: the task's own (as trained) unless the request gives a template."""
+def judge_messages(task: Task, params: Params, question: str, solution_1: str, solution_2: str) -> list[dict]:
+    """The judge's chat prompt: the task's, unless the request gives its own user message."""
     if params.judge_prompt is None:
-        return arith.judge_prompt(question, solution_1, solution_2)
-    return params.judge_prompt.format(question=question, solution_1=solution_1, solution_2=solution_2)
+        return task.judge_messages(question, solution_1, solution_2)
+    return [{"role": "user", "content": params.judge_prompt.format(question=question, solution_1=solution_1,
+                                                                    solution_2=solution_2)}]
 
 
 def _mean(xs: list) -> float | None:
@@ -175,6 +189,7 @@ class _Judge:
         self.spec = query.spec.replace(temperature=params.judge_temperature, max_tokens=params.judge_max_tokens,
                                        logprobs=None, stop=(), logit_bias=(), masked=())
         self.calls = 0
+        self.read = {"written": 0, "constrained": 0, "unread": 0}  # how each judge call's verdict was read
 
     async def play(self, a: int, b: int, answers: list[str | None]) -> dict[str, Any]:
         game: dict[str, Any] = {"a": a, "b": b, "calls": [], "score": (0.5, 0.5)}
@@ -184,60 +199,69 @@ class _Judge:
         per = self.params.per_order
         orders = [(a, b)] * per + [(b, a)] * per
         first, second = await asyncio.gather(self._call(a, b, per), self._call(b, a, per))
-        replies = first + second
         score, margins = [0.0, 0.0], []
-        for (x, y), reply in zip(orders, replies):
-            if reply is None:
+        for (x, y), call in zip(orders, first + second):
+            if call is None:
                 continue
-            text, margin = reply
-            call: dict[str, Any] = {"order": [x, y], "reply": text}
-            if self.params.judge == "logprob":
-                call["margin"] = margin  # log p(Solution 1) - log p(Solution 2), for solution x
-                margins.append(margin if x == a else -margin)
-                s1, s2 = (1.0, 0.0) if margin > 0 else (0.0, 1.0) if margin < 0 else (0.5, 0.5)
-            else:
-                s1, s2 = await asyncio.to_thread(verdict_scores, text, self.params.judge_pattern)
+            if call["margin"] is not None:  # log p(Solution 1) - log p(Solution 2), for solution x
+                margins.append(call["margin"] if x == a else -call["margin"])
+            s1, s2 = SCORES[call["verdict"]]
             score[0] += s1 if x == a else s2
             score[1] += s2 if x == a else s1
-            game["calls"].append(call)
+            game["calls"].append({"order": [x, y], **call})
         if not game["calls"]:
             game["skipped"] = "judge prompt longer than the context"
         game["score"] = (score[0], score[1])
-        if margins:
+        if self.params.judge == "logprob" and margins:
             # Averaged over both orders, a judge's preference for a position cancels out.
             game["margin"] = sum(margins) / len(margins)
             game["score"] = (1.0, 0.0) if game["margin"] > 0 else (0.0, 1.0) if game["margin"] < 0 else (0.5, 0.5)
             game["agreement"] = score
         return game
 
-    async def _call(self, x: int, y: int, n: int) -> list[tuple[str, float] | None]:
-        """n judge replies for (x, y) in this order: one engine call, distinct seeds per call."""
-        text = judge_prompt(self.params, self.query.question, self.cands[x].text, self.cands[y].text)
-        ids = self.ctx.render(self.model, [{"role": "user", "content": text}])
+    async def _call(self, x: int, y: int, n: int) -> list[dict[str, Any] | None]:
+        """n judge replies for (x, y) in this order (one engine call, distinct seeds), each with its
+        verdict: as written, or else read from the log-probabilities of the task's two verdicts."""
+        task = self.query.task
+        messages = judge_messages(task, self.params, self.query.question, self.cands[x].text, self.cands[y].text)
+        ids = self.ctx.render(self.model, messages)
         if len(ids) + self.params.judge_max_tokens > self.max_len:
+            self.read["unread"] += n
+            self.ctx.count("verdicts", "unread", n)
             return [None] * n
         seed = 1_000 + self.calls
         self.calls += n
-        replies, _ = await self.ctx.sample(Query(self.model, ids, text, seeded(self.spec, seed)), n)
-        if self.params.judge != "logprob":
-            return [(r.text, 0.0) for r in replies]
-        margins = await asyncio.gather(*(self._margin(ids, r.text) for r in replies))
-        return [(r.text, m) for r, m in zip(replies, margins)]
+        replies, _ = await self.ctx.sample(Query(self.model, ids, messages[-1]["content"], seeded(self.spec, seed),
+                                                 task), n)
+        written = await asyncio.to_thread(lambda: [read_verdict(task, r.text, self.params.judge_pattern)
+                                                   for r in replies])
+        constrained = [self.params.judge == "logprob" or w is None for w in written]
+        margins = await asyncio.gather(*(self._margin(ids, r.text) if c else _none()
+                                         for r, c in zip(replies, constrained)))
+        out = []
+        for r, w, c, m in zip(replies, written, constrained, margins):
+            how = "constrained" if c else "written"
+            self.read[how] += 1
+            self.ctx.count("verdicts", how)
+            verdict = (1 if m > 0 else 2 if m < 0 else 0) if c else w
+            out.append({"reply": r.text, "read": how, "verdict": verdict, "margin": m})
+        return out
 
     async def _margin(self, ids: tuple[int, ...], text: str) -> float:
-        """log p("Solution 1") - log p("Solution 2") where the judge writes its verdict.
+        """log p(verdict 1) - log p(verdict 2) where the judge would write its verdict after its reasoning.
 
-        The reply is cut before its "Winner:" (or taken whole) and "Winner: Solution 1"
-        is scored after it: one prefill, mostly from the prefix cache.
-        """
+        The task gives the reply's reasoning and the two verdicts that may follow it; the tokens
+        where they first differ are compared in one prefill of the shared part (mostly from the
+        prefix cache), with top-20 log-probs."""
+        head, one, two = self.query.task.verdict_slots(text)
         tok = self.ctx.tokenizer(self.model)
-        head = text[: text.rfind("Winner:")] if "Winner:" in text else text.rstrip() + "\n"
-        one, two = (tok.encode(f"Winner: Solution {d}", add_special_tokens=False) for d in (1, 2))
-        if len(one) != len(two) or one[:-1] != two[:-1]:
-            raise ValueError("judge: 'Solution 1' and 'Solution 2' must differ in their last token only")
-        context = list(ids) + tok.encode(head, add_special_tokens=False)
-        lps = await self.ctx.score(self.model, context, one, top_logprobs=20)
-        last = lps[-1]
-        top = {t: v for t, _, v in last.top} | {last.token_id: last.logprob}
-        floor = min(top.values())  # a verdict outside the top-k gets the k-th log-prob (an upper bound)
-        return top.get(one[-1], floor) - top.get(two[-1], floor)
+        a, b = (tok.encode(head + v, add_special_tokens=False) for v in (one, two))
+        d = next((i for i, (p, q) in enumerate(zip(a, b)) if p != q), None)
+        if d is None:
+            raise ValueError(f"the task's verdicts {one!r} and {two!r} tokenize the same")
+        (lp,) = await self.ctx.score(self.model, list(ids) + a[:d], a[d:d + 1], top_logprobs=20)
+        return margin(lp, a[d], b[d])
+
+
+async def _none() -> None:
+    return None

@@ -302,8 +302,9 @@ def dataset(split: str, n: int, seed: int = 0, cfg: ArithConfig = ArithConfig())
 
 
 # Prompts. These are the exact user messages the model is trained on; the
-# strategies reuse them. RevThink's templates (PAPERS.md section 2), except
-# that the forward prompt is the bare question.
+# strategies reuse them through the task's formats (tasks/formats.py). RevThink's
+# templates (Chen et al. 2024, arXiv:2411.19865), except that the
+# forward prompt is the bare question.
 
 def forward_prompt(question: str) -> str:
     """The user's message is the bare question: what a person types, and what the
@@ -314,6 +315,8 @@ def forward_prompt(question: str) -> str:
 BACKWARD_QUESTION_TEMPLATE = ("Generate the inverse question based on the following seed question and "
                               "its answer: {question} The correct answer is {answer}.")
 BACKWARD_TEMPLATE = "Answer the backward question: {backward_question}"
+# A backward question made by masking a number rather than written by the model (FOBAR-style).
+MASK_TEMPLATE = "{masked_question} The answer is {answer}. What is x?"
 JUDGE_TEMPLATE = ("Compare two solutions to the question: {question}\n"
                   "Solution 1:\n{solution_1}\nSolution 2:\n{solution_2}\nWhich solution is correct?")
 

@@ -135,8 +135,8 @@ async def client_for(cfg: EvalConfig):
         async with AsyncOpenAI(base_url=cfg.base_url, api_key=cfg.api_key, max_retries=0, timeout=3600) as c:
             yield c
         return
+    from ponder.engine.vllm_engine import VllmConfig, VllmEngine
     from ponder.server.app import create_app
-    from ponder.server.engine.vllm_engine import VllmConfig, VllmEngine
     from ponder.server.serving import Limits, OpenAIServing
 
     loras = tuple(tuple(s.split("=", 1)) for s in cfg.lora)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable, Sequence
 
-from ponder.strategies.engine import EngineDeadError, ModelCard, Output, SamplingSpec, TokenLogprob, collect
+from ponder.engine.protocol import EngineDeadError, ModelCard, Output, SamplingSpec, TokenLogprob, collect
 
 Reply = Callable[[str, SamplingSpec, "str | None"], str]
 

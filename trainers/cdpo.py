@@ -65,8 +65,8 @@ class ContrastConfig:
 
 async def sample(cfg: ContrastConfig) -> list[dict]:
     """Trajectories of the base model on training problems, each marked correct or not."""
-    from ponder.server.engine.vllm_engine import VllmConfig, VllmEngine
-    from ponder.strategies.engine import SamplingSpec, collect, render_chat
+    from ponder.engine.protocol import SamplingSpec, collect, render_chat
+    from ponder.engine.vllm_engine import VllmConfig, VllmEngine
 
     engine = VllmEngine(VllmConfig(model=cfg.base))
     tok = engine.tokenizer

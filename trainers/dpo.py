@@ -9,7 +9,7 @@
    same question.
 2. Each rejected token's weight w_t = 1 - s_t, where s_t is the contrastive
    estimate of the positive and negative models: the very scorer of the
-   critical_tokens strategy (`critical_tokens.contrastive_scores` on vLLM
+   critical_tokens strategy (`ponder.engine.logprobs.contrastive_scores` on vLLM
    prompt log-probs), so training and serving call a token critical alike.
 3. Losses on identical pairs and steps, against a frozen reference model:
    cdpo, dpo (the same code with every w_t = 1: TRL's DPOTrainer would bring
@@ -120,9 +120,9 @@ def collate(rows: list[tuple[list[int], int, list[float]]], pad_id: int, device:
 
 async def make_pairs(cfg: DPOConfig) -> list[dict]:
     """Chosen/rejected pairs from the base model's samples, with the rejected tokens' weights."""
-    from ponder.server.engine.vllm_engine import VllmConfig, VllmEngine
-    from ponder.strategies.critical_tokens import contrastive_scores
-    from ponder.strategies.engine import render_chat
+    from ponder.engine.logprobs import contrastive_scores
+    from ponder.engine.protocol import render_chat
+    from ponder.engine.vllm_engine import VllmConfig, VllmEngine
     from ponder.tasks import arith
 
     trajectories = await sample(ContrastConfig(base=cfg.base, problems=cfg.problems, samples=cfg.samples,

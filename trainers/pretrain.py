@@ -124,8 +124,8 @@ class PretrainConfig:
     compile: bool = field(default=True, metadata={"help": "torch.compile the forward (1.3x on CPU, ~1 min to compile)"})
     optimizer: str = field(default="adamw", metadata={
         "help": "adamw (betas 0.9, 0.95; DDP all-reduces gradients), demo (DeMo: ranks exchange only the "
-                "top-k DCT components of their momentum; PAPERS.md section 5) or signum (DDP all-reduces; the sign of "
-                "the momentum: DeMo's step with nothing compressed, a reference)"})
+                "top-k DCT components of their momentum; Peng et al. 2024, arXiv:2411.19870) or signum (DDP "
+                "all-reduces; the sign of the momentum: DeMo's step with nothing compressed, a reference)"})
     demo_beta: float = field(default=0.999, metadata={"help": "DeMo: momentum decay (the paper's compression decay)"})
     demo_chunk: int = field(default=64, metadata={"help": "DeMo: largest DCT chunk side (chunks of <= 64 x 64)"})
     demo_topk: int = field(default=32, metadata={"help": "DeMo: DCT coefficients each rank sends per chunk"})

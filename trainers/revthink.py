@@ -44,8 +44,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from ponder.strategies.reverse_verify import masked_quantity
 from ponder.tasks import arith
+from ponder.tasks.formats import masked_quantity
 from ponder.trainers.pretrain import BF16_HELP, batch_loss, collate, native_bf16, save_atomic, save_model
 from ponder.trainers.tokenizer import encode_example
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import httpx
 
-from ponder.server.config import DEFAULT_MODEL
+from ponder.models import DEFAULT_MODEL
 
 ROOT = Path(__file__).resolve().parents[2]
 TAG = uuid.uuid4().hex[:8]

@@ -11,7 +11,7 @@ import time
 import httpx
 import pytest
 
-from ponder.server.config import DEFAULT_MODEL
+from ponder.models import DEFAULT_MODEL
 from tests.conftest import ROOT, PonderServer, free_port
 
 MSG = [{"role": "user", "content": "Tom has 3 apples. He buys 4 more. How many?"}]

@@ -6,7 +6,7 @@ from tests.conftest import MODEL
 @pytest.fixture(scope="session")
 async def engine():
     """One real vLLM engine (CPU build) on the committed model, for the whole session."""
-    from ponder.server.engine.vllm_engine import VllmConfig, VllmEngine
+    from ponder.engine.vllm_engine import VllmConfig, VllmEngine
 
     eng = VllmEngine(VllmConfig(model=str(MODEL), max_logprobs=64))
     yield eng

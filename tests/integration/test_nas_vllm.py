@@ -13,11 +13,11 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedTokenizerFast
 
+from ponder.engine.protocol import SamplingSpec, collect
 from ponder.nas import data, evaluate, space
 from ponder.nas.bld import assemble
 from ponder.nas.decilm import load
 from ponder.nas.export import export
-from ponder.strategies.engine import SamplingSpec, collect
 from ponder.tasks import arith
 from tests.conftest import MODEL
 
@@ -42,7 +42,7 @@ def child(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 async def child_engine(child):
-    from ponder.server.engine.vllm_engine import VllmConfig, VllmEngine
+    from ponder.engine.vllm_engine import VllmConfig, VllmEngine
 
     eng = VllmEngine(VllmConfig(model=str(child[2]), max_logprobs=5,
                                 engine_args={"trust_remote_code": True, "dtype": "float32"}))

@@ -11,9 +11,9 @@ import httpx
 import pytest
 
 from ponder import strategies
-from ponder.server.engine.remote import RemoteEngine, UpstreamError
+from ponder.engine.protocol import SamplingSpec, collect, render_chat
+from ponder.engine.remote import RemoteEngine, UpstreamError
 from ponder.strategies.base import Context, Query
-from ponder.strategies.engine import SamplingSpec, collect, render_chat
 from ponder.tasks import arith
 from tests.conftest import MODEL, NAME, ROOT, free_port
 
@@ -27,7 +27,7 @@ def upstream():
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(MODEL),
            "--served-model-name", NAME, "--host", "127.0.0.1", "--port", str(port), "--enforce-eager",
            "--no-enable-chunked-prefill", "--max-num-batched-tokens", "4096", "--gpu-memory-utilization", "0.3",
-           "--max-logprobs", "64", "--logits-processors", "ponder.server.engine.logits:MaskTokensAtPositions"]
+           "--max-logprobs", "64", "--logits-processors", "ponder.engine.logits:MaskTokensAtPositions"]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "VLLM_CPU_KVCACHE_SPACE": "1"}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
@@ -83,14 +83,14 @@ async def test_stream_and_whole_agree(remote):
 async def test_calls_spread_over_upstreams_and_score(remote):
     ids = prompt(remote)
     seen = []
-    real = remote._pick
+    real = remote.fleet._pick
 
     def pick(exclude=None):
         r = real(exclude)
-        seen.append(remote.replicas.index(r))
+        seen.append(remote.fleet.replicas.index(r))
         return r
 
-    remote._pick = pick
+    remote.fleet._pick = pick
     outs = await asyncio.gather(*(collect(remote.generate(ids, GREEDY.replace(logprobs=3), f"r{i}", stream=False))
                                   for i in range(4)))
     assert set(seen) == {0, 1} and len({o.token_ids for o in outs}) == 1

@@ -4,7 +4,7 @@ import asyncio
 
 import pytest
 
-from ponder.strategies.engine import SamplingSpec, collect
+from ponder.engine.protocol import SamplingSpec, collect
 from ponder.tasks import arith
 
 Q = arith.dataset("test", 1)[0].question()

@@ -3,8 +3,8 @@ import re
 
 import pytest
 
-from ponder.strategies.reverse_verify import masked_quantity
 from ponder.tasks import arith
+from ponder.tasks.formats import masked_quantity
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,7 @@
 import pytest
 
-from ponder.server.config import DEFAULT_MODEL, parse_args
+from ponder.models import DEFAULT_MODEL
+from ponder.server.config import parse_args
 
 
 def test_defaults_and_flags():

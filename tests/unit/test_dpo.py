@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import LlamaForCausalLM
 
-from ponder.strategies.engine import render_chat
+from ponder.engine.protocol import render_chat
 from ponder.tasks import arith
 from ponder.trainers import dpo
 from ponder.trainers.pretrain import ModelPreset

@@ -266,7 +266,7 @@ def test_exported_decilm_checkpoint(parent_dir, tmp_path, tok):
 
 
 def test_ponder_nas_command_lists_the_steps(capsys):
-    from ponder.server.cli import main
+    from ponder.cli import main
 
     with pytest.raises(SystemExit, match="usage: ponder nas"):
         main(["nas"])

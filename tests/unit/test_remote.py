@@ -7,9 +7,11 @@ import httpx
 import pytest
 
 from ponder import strategies
-from ponder.server.engine.remote import RemoteEngine, UpstreamError, normalize_url
+from ponder.engine.balancer import normalize_url
+from ponder.engine.protocol import EngineDeadError, EngineRequestError, SamplingSpec, collect
+from ponder.engine.remote import RemoteEngine, UpstreamError
 from ponder.strategies.base import Context, Query
-from ponder.strategies.engine import EngineDeadError, EngineRequestError, SamplingSpec, collect
+from ponder.tasks import MATH
 from tests import fake_upstream
 
 SPEC = SamplingSpec(max_tokens=8, temperature=1.0, seed=5)
@@ -88,7 +90,7 @@ async def test_n_samples_are_one_call_distinct_seeded_reproducible_with_usage(re
 async def test_self_consistency_over_remote_is_one_upstream_call(remote, fleet):
     ctx = Context(lambda m: (remote, None), "req")
     strategy, params = strategies.resolve({"name": "self_consistency", "n": 6})
-    res = await strategy.run(ctx, Query("m", tuple(PROMPT), "q", SPEC), params)
+    res = await strategy.run(ctx, Query("m", tuple(PROMPT), "q", SPEC, MATH), params)
     assert res.info["answer"] == "7" and ctx.calls == 1 and len(fleet.seen) == 1
     assert ctx.prompt_tokens == len(PROMPT) and ctx.completion_tokens == 6 * 4  # the prompt once, every sample
 
@@ -100,7 +102,7 @@ async def test_routing_counts_sequences_not_calls(remote, fleet):
     small = [asyncio.ensure_future(collect(remote.generate(PROMPT, SPEC, f"s{i}", stream=False))) for i in range(4)]
     await asyncio.sleep(0.01)
     assert fleet.hosts() == ["a", "b", "b", "b", "b"]  # four single calls weigh what one n=4 call does
-    assert [r.sequences for r in remote.replicas] == [4, 4] and remote.num_unfinished() == 8
+    assert [r.sequences for r in remote.fleet.replicas] == [4, 4] and remote.num_unfinished() == 8
     fleet.hold.set()
     await asyncio.gather(big, *small)
     assert remote.num_unfinished() == 0
@@ -109,15 +111,15 @@ async def test_routing_counts_sequences_not_calls(remote, fleet):
 async def test_a_refused_call_goes_to_the_other_replica_and_the_first_is_taken_out(remote, fleet):
     fleet.down.add("a")
     out = await collect(remote.generate(PROMPT, SPEC, "r", stream=False))
-    assert out.text and fleet.hosts() == ["b"] and not remote.replicas[0].up
+    assert out.text and fleet.hosts() == ["b"] and not remote.fleet.replicas[0].up
     await asyncio.gather(*(collect(remote.generate(PROMPT, SPEC, f"x{i}", stream=False)) for i in range(3)))
     assert fleet.hosts() == ["b"] * 4  # out of routing
     fleet.down.clear()
     for _ in range(100):  # the health loop puts it back
-        if remote.replicas[0].up:
+        if remote.fleet.replicas[0].up:
             break
         await asyncio.sleep(0.02)
-    assert remote.replicas[0].up
+    assert remote.fleet.replicas[0].up
 
 
 async def test_5xx_is_retried_once_elsewhere_4xx_never(remote, fleet):
@@ -168,23 +170,23 @@ async def test_health_checks_take_a_replica_out_and_put_it_back(remote, fleet):
     await remote.check_health()
     fleet.health["a"] = 503
     for _ in range(100):
-        if not remote.replicas[0].up:
+        if not remote.fleet.replicas[0].up:
             break
         await asyncio.sleep(0.02)
-    assert not remote.replicas[0].up
+    assert not remote.fleet.replicas[0].up
     await remote.check_health()  # b still serves
     await asyncio.gather(*(collect(remote.generate(PROMPT, SPEC, f"x{i}", stream=False)) for i in range(4)))
     assert set(fleet.hosts()) == {"b"}
     fleet.health["b"] = 503
     for _ in range(100):
-        if not remote.replicas[1].up:
+        if not remote.fleet.replicas[1].up:
             break
         await asyncio.sleep(0.02)
     with pytest.raises(EngineDeadError, match="no upstream is healthy"):
         await remote.check_health()
     fleet.health.clear()
     for _ in range(100):
-        if all(r.up for r in remote.replicas):
+        if all(r.up for r in remote.fleet.replicas):
             break
         await asyncio.sleep(0.02)
     await remote.check_health()
@@ -202,13 +204,13 @@ async def test_start_names_the_url_that_answered_404_or_lacks_the_model(tok, fle
     fleet.down.add("b")  # not answering yet is no start-up error: it is out of routing until it is
     eng = RemoteEngine(["http://a:8000", "http://b:8000"], "m", tok, transport=httpx.MockTransport(fleet))
     await eng.start()
-    assert [r.up for r in eng.replicas] == [True, False]
+    assert [r.up for r in eng.fleet.replicas] == [True, False]
     await eng.aclose()
 
 
 async def test_the_pool_is_sized_to_the_fleet(tok):
     eng = RemoteEngine(["http://a", "http://b", "http://c"], "m", tok, connections=100)
-    pool = eng.client._transport._pool  # httpx keeps the limits on its connection pool
+    pool = eng.fleet.client._transport._pool  # httpx keeps the limits on its connection pool
     assert pool._max_connections == 300 and pool._max_keepalive_connections == 300
     await eng.aclose()
 

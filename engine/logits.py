@@ -2,7 +2,7 @@
 
 Critical-token resampling (cDPO, Lin et al. 2024) continues a trajectory from
 the prefix before its critical token with that token banned at that position.
-vLLM loads this class by name ("ponder.server.engine.logits:MaskTokensAtPositions");
+vLLM loads this class by name ("ponder.engine.logits:MaskTokensAtPositions");
 each request switches it on through `SamplingParams.extra_args`:
 
     extra_args={"ponder_mask": [position, token_id, position, token_id, ...]}

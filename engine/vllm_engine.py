@@ -5,8 +5,9 @@ build it turns chunked prefill off: a seeded request whose prompt is split
 across scheduler steps makes the model runner rewind that request's torch
 generator (`gen.set_offset(gen.get_offset() - 4)` in gpu_model_runner), which a
 CPU generator cannot do ("CPU Generator does not use offset"): the engine dies
-and takes every request with it. With chunked prefill off and a step budget of
-at least max_model_len, no prompt is ever split. See tests/e2e for the load.
+and takes every request with it. With chunked prefill off, vLLM sizes a step's
+token budget to at least the model's own context length (8k for SmolLM2), so no
+prompt is ever split. See tests/e2e for the load.
 """
 
 from __future__ import annotations
@@ -21,7 +22,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ponder.strategies.engine import (
+from transformers import AutoTokenizer
+from vllm import SamplingParams
+from vllm.engine.arg_utils import AsyncEngineArgs
+from vllm.exceptions import VLLMValidationError
+from vllm.lora.request import LoRARequest
+from vllm.platforms import current_platform
+from vllm.sampling_params import RequestOutputKind
+from vllm.v1.engine.async_llm import AsyncLLM
+from vllm.v1.engine.exceptions import EngineDeadError as VllmDead
+
+from ponder.engine import configuration_decilm
+from ponder.engine.protocol import (
     EngineDeadError,
     EngineRequestError,
     ModelCard,
@@ -33,7 +45,8 @@ from ponder.strategies.engine import (
 
 log = logging.getLogger("ponder.engine")
 
-MASK_PROCESSOR = "ponder.server.engine.logits:MaskTokensAtPositions"
+MASK_PROCESSOR = "ponder.engine.logits:MaskTokensAtPositions"
+MIN_STEP_TOKENS = 4096
 
 
 @dataclass(frozen=True)
@@ -64,8 +77,6 @@ def _lora_rank(path: str) -> int:
 def ponder_child(folder: str) -> bool:
     """A Puzzle child exported by ponder: its config class is ponder's own file, byte for byte,
     so its "remote code" may be trusted without --engine-arg trust_remote_code=true."""
-    from ponder.nas import configuration_decilm
-
     shipped = Path(folder, "configuration_decilm.py")
     return shipped.exists() and shipped.read_bytes() == Path(configuration_decilm.__file__).read_bytes()
 
@@ -74,12 +85,6 @@ class VllmEngine:
     """Engine protocol over vllm.v1.engine.async_llm.AsyncLLM."""
 
     def __init__(self, cfg: VllmConfig):
-        from transformers import AutoTokenizer
-        from vllm.engine.arg_utils import AsyncEngineArgs
-        from vllm.lora.request import LoRARequest
-        from vllm.platforms import current_platform
-        from vllm.v1.engine.async_llm import AsyncLLM
-
         self.cfg = cfg
         self.name = cfg.served_name
         on_cpu = current_platform.is_cpu()
@@ -104,12 +109,16 @@ class VllmEngine:
             kwargs["trust_remote_code"] = True
         kwargs.update(cfg.engine_args)
         if on_cpu:
-            # Never split a prompt across steps (see the module docstring).
+            # Never split a prompt across steps (see the module docstring). vLLM then sizes a step's
+            # budget to the model's context; ponder keeps it at least MIN_STEP_TOKENS (prefills of many
+            # short prompts batch into one step).
             kwargs["enable_chunked_prefill"] = False
-            kwargs["max_num_batched_tokens"] = max(kwargs.get("max_num_batched_tokens") or 0,
-                                                   cfg.max_model_len or 0, 4096)
-        args = AsyncEngineArgs(**kwargs)
-        self.llm = AsyncLLM.from_engine_args(args)
+        config = AsyncEngineArgs(**kwargs).create_engine_config()
+        if on_cpu and "max_num_batched_tokens" not in cfg.engine_args \
+                and config.scheduler_config.max_num_batched_tokens < MIN_STEP_TOKENS:
+            kwargs["max_num_batched_tokens"] = MIN_STEP_TOKENS
+            config = AsyncEngineArgs(**kwargs).create_engine_config()
+        self.llm = AsyncLLM.from_vllm_config(config)
         self.max_model_len: int = self.llm.model_config.max_model_len
         self.tokenizer = AutoTokenizer.from_pretrained(cfg.model,
                                                        trust_remote_code=kwargs.get("trust_remote_code", False))
@@ -124,9 +133,6 @@ class VllmEngine:
                          for n, r in self.loras.items()]
 
     def _sampling_params(self, spec: SamplingSpec, stream: bool, prompt_logprobs: int | None = None, n: int = 1):
-        from vllm import SamplingParams
-        from vllm.sampling_params import RequestOutputKind
-
         return SamplingParams(
             n=n,
             max_tokens=spec.max_tokens,
@@ -223,9 +229,6 @@ class VllmEngine:
         return tuple(out)
 
     def _map_error(self, e: Exception) -> Exception:
-        from vllm.exceptions import VLLMValidationError
-        from vllm.v1.engine.exceptions import EngineDeadError as VllmDead
-
         if isinstance(e, VllmDead) or self.is_dead:
             return EngineDeadError(str(e) or "the vLLM engine is dead")
         if isinstance(e, (ValueError, TypeError, VLLMValidationError)):
@@ -248,3 +251,21 @@ class VllmEngine:
 
     async def aclose(self) -> None:
         await asyncio.to_thread(self.llm.shutdown)  # blocks for seconds while the engine core exits
+
+
+async def start_engines(configs: Sequence[VllmConfig]) -> list[VllmEngine]:
+    """Several engines, started side by side (each start is mostly its engine processes importing
+    vLLM). On the CPU build, vLLM binds every engine's compute threads to the same core ('auto'),
+    so several engines would start, and then run, on one core while the others idle: unless the
+    user chose a binding, several engines run unbound (measured on 2 cores, the default model and
+    its contrastive pair: ready in 40 s unbound against 59 s bound, and 70 s one after another)."""
+    if len(configs) > 1 and current_platform.is_cpu() and "VLLM_CPU_OMP_THREADS_BIND" not in os.environ:
+        log.info("%d engines on the CPU: their threads run unbound (VLLM_CPU_OMP_THREADS_BIND=nobind)", len(configs))
+        os.environ["VLLM_CPU_OMP_THREADS_BIND"] = "nobind"
+    started = await asyncio.gather(*(asyncio.to_thread(VllmEngine, c) for c in configs), return_exceptions=True)
+    engines = [e for e in started if isinstance(e, VllmEngine)]
+    failed = [e for e in started if isinstance(e, BaseException)]
+    if failed:
+        await asyncio.gather(*(e.aclose() for e in engines))
+        raise failed[0]
+    return engines

@@ -1,7 +1,4 @@
-"""RemoteEngine: OpenAI-compatible upstreams (e.g. `vllm serve` replicas) over httpx.
-
-This is how ponder scales out: the strategy layer runs here, generation runs on
-a fleet of vLLM servers (each may itself use tensor or pipeline parallelism).
+"""A fleet of OpenAI-compatible upstreams (e.g. `vllm serve` replicas): routing, retry, health.
 
 - Routing: each call goes to the healthy replica with the fewest sequences in
   flight (a call with n samples counts n), round-robin among equals.
@@ -18,12 +15,10 @@ a fleet of vLLM servers (each may itself use tensor or pipeline parallelism).
   taken out of routing and put back when it passes again.
 - `start()` checks each URL once: a URL whose /v1/models is 404 (a wrong path),
   401/403 (a wrong key) or that does not serve the model is a start-up error.
+  It also learns the context length the upstreams serve the model with.
 
-Prompts are sent as token ids (ponder tokenizes with the model's own
-tokenizer), and vLLM's extensions give back token ids (`return_token_ids`, so
-nothing is re-tokenized here), prompt log-probabilities (`prompt_logprobs`) and
-masked positions (`vllm_xargs`, for upstreams started with
-`--logits-processors ponder.server.engine.logits:MaskTokensAtPositions`).
+What is sent and what comes back is the caller's (remote.py): this module moves
+JSON bodies and answers, and knows nothing of sampling.
 """
 
 from __future__ import annotations
@@ -33,26 +28,15 @@ import contextlib
 import itertools
 import json
 import logging
-import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
-from ponder.strategies.engine import (
-    EngineBusyError,
-    EngineDeadError,
-    EngineError,
-    EngineRequestError,
-    ModelCard,
-    Output,
-    Prompt,
-    SamplingSpec,
-    TokenLogprob,
-)
+from ponder.engine.protocol import EngineBusyError, EngineDeadError, EngineError, EngineRequestError
 
-log = logging.getLogger("ponder.engine.remote")
+log = logging.getLogger("ponder.engine.balancer")
 
 KEEPALIVE_EXPIRY = 4.0  # s; under uvicorn's (and so vLLM's) default 5 s keep-alive
 HEALTH_TIMEOUT = 5.0  # s; a loaded upstream on a small machine answers /health slowly
@@ -66,6 +50,10 @@ RETRYABLE = (httpx.ConnectError, httpx.ConnectTimeout, *DROPPED)
 
 class UpstreamError(EngineError):
     """An upstream URL that can never work as given (wrong path, key or model): a start-up error."""
+
+
+class UpstreamReplyError(EngineError):
+    """An upstream answered with something that is not the OpenAI (vLLM) JSON it should be (502)."""
 
 
 def normalize_url(url: str) -> str:
@@ -86,21 +74,14 @@ class Replica:
         return self.url + "/v1/completions"
 
 
-class RemoteEngine:
-    def __init__(self, urls: Sequence[str], model: str, tokenizer: Any, *, adapters: Sequence[str] = (),
-                 api_key: str | None = None, max_model_len: int = 4096, timeout: float = 600.0,
+class Balancer:
+    def __init__(self, urls: Sequence[str], model: str, *, api_key: str | None = None, timeout: float = 600.0,
                  connections: int = 256, health_interval: float = 5.0,
                  transport: httpx.AsyncBaseTransport | None = None):
-        """`tokenizer`: a name or folder for AutoTokenizer, or a tokenizer. `connections`: kept open
-        to each replica (the CLI passes --upstream-connections, default --max-concurrent-requests).
-        `transport`: for tests (httpx.MockTransport)."""
+        """`connections`: kept open to each replica. `transport`: for tests (httpx.MockTransport)."""
         if not urls:
-            raise ValueError("RemoteEngine needs at least one upstream URL")
-        if isinstance(tokenizer, str):
-            from transformers import AutoTokenizer
-
-            tokenizer = AutoTokenizer.from_pretrained(tokenizer)
-        self.tokenizer = tokenizer
+            raise ValueError("an upstream fleet needs at least one URL")
+        self.model = model
         self.replicas = [Replica(normalize_url(u)) for u in urls]
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         pool = connections * len(self.replicas)
@@ -113,16 +94,7 @@ class RemoteEngine:
         self.health_interval = health_interval
         self._watch: asyncio.Task | None = None
         self._turn = itertools.count()
-        self.name = model
-        self.adapters = list(adapters)  # LoRA names the upstreams serve (vllm serve --lora-modules)
-        self.max_model_len = max_model_len
-        self.created = int(time.time())
-        self._pieces: dict[int, str] = {}  # token id -> text, for log-probs
-
-    def models(self) -> list[ModelCard]:
-        base = ModelCard(id=self.name, root=self.name, max_model_len=self.max_model_len, created=self.created)
-        return [base] + [ModelCard(id=a, root=a, parent=self.name, max_model_len=self.max_model_len,
-                                   created=self.created) for a in self.adapters]
+        self.max_model_len: int | None = None  # as the upstreams report it (vLLM's /v1/models)
 
     # ---- lifetime and health ----
 
@@ -157,8 +129,11 @@ class RemoteEngine:
             served = [m["id"] for m in resp.json()["data"]]
         except (ValueError, KeyError, TypeError):
             return f"upstream {r.url}: GET {url} did not return an OpenAI model list"
-        if self.name not in served:
-            return f"upstream {r.url} serves {served}, not the model {self.name!r} (--model names it)"
+        if self.model not in served:
+            return f"upstream {r.url} serves {served}, not the model {self.model!r} (--model names it)"
+        entry = next(m for m in resp.json()["data"] if m["id"] == self.model)
+        if isinstance(entry.get("max_model_len"), int):
+            self.max_model_len = min(self.max_model_len or entry["max_model_len"], entry["max_model_len"])
         return None
 
     def _start_watch(self) -> None:
@@ -280,106 +255,83 @@ class RemoteEngine:
             r.up = False  # nobody there: out until its health check passes
         return EngineDeadError(f"upstream {r.url} failed: {type(e).__name__}: {e}")
 
-    # ---- the Engine protocol ----
+    # ---- routing ----
 
-    async def generate(self, prompt: Prompt, spec: SamplingSpec, request_id: str, *,
-                       model: str | None = None, stream: bool = True) -> AsyncIterator[Output]:
-        body = self._body(prompt, spec, model, stream)
-        if not stream:
-            data = await self._call(body, 1)
-            usage = data.get("usage") or {}
-            yield self._output(data["choices"][0], spec, usage.get("prompt_tokens", 0), usage.get("completion_tokens"))
-            return
-        async with contextlib.aclosing(self._request(body, 1)) as chunks:
-            async for data in chunks:
-                if data.get("choices"):
-                    usage = data.get("usage") or {}
-                    yield self._output(data["choices"][0], spec, usage.get("prompt_tokens", 0),
-                                       usage.get("completion_tokens"))
+    def _pick(self, exclude: Replica | None = None) -> Replica | None:
+        """Fewest sequences in flight among replicas that are up (all, if none is); ties
+        round-robin. None when `exclude` is the only replica."""
+        self._start_watch()
+        others = [r for r in self.replicas if r is not exclude]
+        pool = [r for r in others if r.up] or others
+        if not pool:
+            return None
+        turn = next(self._turn)
+        n = len(pool)
+        return min(pool, key=lambda r: (r.sequences, (pool.index(r) - turn) % n))
 
-    async def sample(self, prompt: Prompt, spec: SamplingSpec, n: int, request_id: str, *,
-                     model: str | None = None) -> list[Output]:
-        body = self._body(prompt, spec, model, stream=False)
-        body["n"] = n
-        data = await self._call(body, n)
-        # vLLM's usage counts the prompt once for the call and every choice's completion tokens.
-        prompt_tokens = (data.get("usage") or {}).get("prompt_tokens", 0)
-        choices = sorted(data["choices"], key=lambda c: c.get("index", 0))
-        return [self._output(c, spec, prompt_tokens, None) for c in choices]
+    async def request(self, body: dict[str, Any], sequences: int) -> AsyncIterator[dict[str, Any]]:
+        """One call: its JSON answer, or each SSE chunk when `body["stream"]`. Sent once more to
+        another replica when it fails before anything was passed on (see the module notes)."""
+        failed: Replica | None = None
+        same_ok = False
+        for attempt in range(2):
+            r = self._pick(exclude=failed) or (failed if same_ok else None)
+            if r is None:
+                break
+            r.sequences += sequences
+            passed = False
+            try:
+                async with self.client.stream("POST", r.completions, json=body) as resp:
+                    if resp.status_code >= 400:
+                        await resp.aread()
+                        error: EngineError = _error_for(resp, r)
+                        if not _retryable_status(resp.status_code):
+                            raise error
+                    elif not body["stream"]:
+                        yield _json(await resp.aread(), r)
+                        return
+                    else:
+                        async for line in resp.aiter_lines():
+                            if not line.startswith("data: ") or line == "data: [DONE]":
+                                continue
+                            data = _json(line[6:], r)
+                            if "error" in data:
+                                raise EngineError(data["error"].get("message", "upstream error"))
+                            passed = True
+                            yield data
+                        return
+            except RETRYABLE as e:
+                if passed:  # the caller has tokens from this replica: no second try
+                    raise EngineDeadError(f"upstream {r.url} failed mid-stream: {type(e).__name__}: {e}") from e
+                error = self._lost(r, e)
+                same_ok = isinstance(e, DROPPED)
+            except httpx.TransportError as e:
+                raise EngineDeadError(f"upstream {r.url} failed: {type(e).__name__}: {e}") from e
+            finally:
+                r.sequences -= sequences
+            failed = r
+            if attempt == 0:
+                log.info("upstream %s: %s; sending the call to another replica", r.url, error)
+        raise error
 
-    async def score(self, prompt: Sequence[int], continuation: Sequence[int], request_id: str, *,
-                    model: str | None = None, top_logprobs: int = 0) -> list[TokenLogprob]:
-        body = self._body(list(prompt) + list(continuation), SamplingSpec(max_tokens=1, temperature=0.0),
-                          model, stream=False)
-        body["prompt_logprobs"] = top_logprobs
-        data = await self._call(body, 1)
-        positions = (data["choices"][0].get("prompt_logprobs") or data.get("prompt_logprobs") or [])[len(prompt):]
-        out = []
-        for tok, pos in zip(continuation, positions):
-            ranked = sorted(((int(k), v) for k, v in pos.items()), key=lambda kv: -kv[1]["logprob"])
-            out.append(TokenLogprob(token_id=tok, token=self._piece(tok), logprob=pos[str(tok)]["logprob"],
-                                    top=tuple((t, v.get("decoded_token") or "", v["logprob"]) for t, v in ranked)))
-        return out
+    async def call(self, body: dict[str, Any], sequences: int) -> dict[str, Any]:
+        """A non-streamed call's JSON answer."""
+        async with contextlib.aclosing(self.request(body, sequences)) as answers:
+            async for data in answers:
+                return data
+        raise EngineError("upstream sent no answer")
 
-    async def abort(self, request_id: str) -> None:
-        # Cancelling the call closes its connection, and vLLM aborts a request whose client
-        # disconnects (streamed or not). Nothing else to send.
-        return None
-
-    # ---- bodies and outputs ----
-
-    def _body(self, prompt: Prompt, spec: SamplingSpec, model: str | None, stream: bool) -> dict[str, Any]:
-        ids = self.tokenizer.encode(prompt, add_special_tokens=False) if isinstance(prompt, str) else list(prompt)
-        body: dict[str, Any] = {
-            "model": model or self.name, "prompt": ids, "max_tokens": spec.max_tokens,
-            "temperature": spec.temperature, "top_p": spec.top_p, "stream": stream,
-            "return_token_ids": True, "return_tokens_as_token_ids": True,
-        }
-        if stream:
-            body["stream_options"] = {"include_usage": True, "continuous_usage_stats": True}
-        if spec.presence_penalty or spec.frequency_penalty:
-            body.update(presence_penalty=spec.presence_penalty, frequency_penalty=spec.frequency_penalty)
-        if spec.seed is not None:
-            body["seed"] = spec.seed
-        if spec.stop:
-            body["stop"] = list(spec.stop)
-        if spec.logprobs is not None:
-            body["logprobs"] = spec.logprobs
-        if spec.logit_bias:
-            body["logit_bias"] = {str(t): b for t, b in spec.logit_bias}
-        if spec.masked:
-            body["vllm_xargs"] = {"ponder_mask": [x for m in spec.masked for x in m]}
-        return body
-
-    def _output(self, choice: dict[str, Any], spec: SamplingSpec, prompt_tokens: int,
-                completion_tokens: int | None) -> Output:
-        """One choice; completion_tokens None: this choice's own count (len of its tokens)."""
-        ids = choice.get("token_ids")
-        ids = tuple(ids if ids is not None else self.tokenizer.encode(choice["text"], add_special_tokens=False))
-        lps = None
-        if spec.logprobs is not None and choice.get("logprobs"):
-            lp = choice["logprobs"]
-            lps = tuple(
-                TokenLogprob(token_id=t, token=self._piece(t), logprob=p,
-                             top=tuple((_tid(k), self._piece(_tid(k)), v)
-                                       for k, v in sorted((top or {}).items(), key=lambda kv: -kv[1])))
-                for t, p, top in zip(ids, lp["token_logprobs"], lp.get("top_logprobs") or [None] * len(ids))
-            )
-        return Output(text=choice["text"], token_ids=ids, logprobs=lps, finish_reason=choice.get("finish_reason"),
-                      prompt_tokens=prompt_tokens,
-                      completion_tokens=len(ids) if completion_tokens is None else completion_tokens)
-
-    def _piece(self, token_id: int) -> str:
-        """A token's text, decoded once per engine (log-probs name up to 21 tokens a position)."""
-        piece = self._pieces.get(token_id)
-        if piece is None:
-            piece = self._pieces[token_id] = self.tokenizer.decode([token_id])
-        return piece
+    def _lost(self, r: Replica, e: Exception) -> EngineError:
+        if isinstance(e, (httpx.ConnectError, httpx.ConnectTimeout)):
+            r.up = False  # nobody there: out until its health check passes
+        return EngineDeadError(f"upstream {r.url} failed: {type(e).__name__}: {e}")
 
 
-def _tid(key: str) -> int:
-    """vLLM's `return_tokens_as_token_ids` writes tokens as "token_id:123"."""
-    return int(key.rsplit(":", 1)[-1])
+def _json(text: str | bytes, replica: Replica) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError as e:
+        raise UpstreamReplyError(f"upstream {replica.url} sent invalid JSON: {e}") from None
 
 
 def _retryable_status(status: int) -> bool:
