@@ -27,7 +27,8 @@ from pathlib import Path
 import torch
 
 from ponder.tasks import arith
-from ponder.trainers.pretrain import PretrainConfig, count_targets, make_batch
+from ponder.trainers.pretrain import PretrainConfig, make_batch
+from ponder.trainers.toolbox import count_targets
 
 sys.path.insert(0, str(Path(__file__).parent))
 from pretrain_sweep import generate  # noqa: E402  (bench/ is not a package)

@@ -23,7 +23,8 @@ from pathlib import Path
 import torch
 
 from ponder.tasks import arith
-from ponder.trainers.pretrain import PretrainConfig, native_bf16, train
+from ponder.trainers.pretrain import PretrainConfig, train
+from ponder.trainers.toolbox import native_bf16
 
 
 @torch.no_grad()

@@ -38,7 +38,7 @@ from tqdm import tqdm
 from ponder.nas import data
 from ponder.nas.decilm import BlockConfig, HeteroLlama, Layer
 from ponder.nas.space import Space, Variant
-from ponder.trainers.pretrain import lr_at, save_atomic
+from ponder.trainers.toolbox import lr_at, save_atomic
 
 
 @dataclass

@@ -8,29 +8,20 @@ from the val split; test stays for the final accuracy figures (bench).
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 
 from ponder.tasks import arith
-from ponder.trainers.pretrain import IGNORE, PretrainConfig, collate
 from ponder.trainers.tokenizer import encode_example
+from ponder.trainers.toolbox import IGNORE, collate
 
 # The parent's own training mix is the default: its blocks are distilled on what it saw.
-DEFAULT_MIX = next(f.default for f in fields(PretrainConfig) if f.name == "mix")
+DEFAULT_MIX = arith.DEFAULT_MIX  # the parent's own training mix: its blocks are distilled on what it saw
 
 
 def parse_mix(mix: str) -> dict[str, float]:
-    """'forward=0.3,judge=0.7' -> {format: weight}."""
-    out = {}
-    for part in mix.split(","):
-        name, _, weight = part.partition("=")
-        if name not in arith.FORMATS:
-            raise ValueError(f"unknown format {name!r} in mix; expected {arith.FORMATS}")
-        out[name] = float(weight or 1)
-    if not out or any(w <= 0 for w in out.values()):
-        raise ValueError("mix needs positive weights")
-    return out
+    return arith.parse_mix(mix, arith.FORMATS)
 
 
 @dataclass(frozen=True)

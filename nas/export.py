@@ -24,7 +24,7 @@ from typing import Any
 
 from ponder.engine import configuration_decilm
 from ponder.nas.decilm import HeteroConfig, HeteroLlama, save_weights
-from ponder.trainers.pretrain import save_atomic
+from ponder.trainers.toolbox import save_atomic
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
                    "generation_config.json")

@@ -31,7 +31,7 @@ from ponder.nas.bld import assemble, same_settings, trained
 from ponder.nas.decilm import HeteroLlama, load_weights, save_weights
 from ponder.nas.mip import find
 from ponder.nas.space import Space
-from ponder.trainers.pretrain import lr_at, save_atomic
+from ponder.trainers.toolbox import lr_at, save_atomic
 
 LOSS_TYPES = ("cosine_kl", "kl", "cosine")
 

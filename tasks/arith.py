@@ -42,6 +42,8 @@ PRETRAIN_FORMATS = (*FORMATS, "question", "arithmetic", "numbers")
 QUESTION_PROMPT = "Write a word problem."
 ARITHMETIC_PROMPT = "Practise arithmetic."
 NUMBERS_TEMPLATE = "List the numbers in the text: {text}"
+# ponder-small's training mix of the formats (format=weight,...): its trainers and Puzzle's data use it.
+DEFAULT_MIX = "forward=0.35,judge=0.3,backward=0.25,backward_question=0.1"
 ANSWER_RE = re.compile(r"Answer:\s*(-?\d+)")
 WINNER_RE = re.compile(r"Winner:\s*(Solution 1|Solution 2|Tie)")
 NUMBER_RE = re.compile(r"\d+")
@@ -189,6 +191,20 @@ class Problem:
             lines.append(f"{value} {s.op} {s.operand} = {out}")
             value = out
         return "\n".join(lines + [f"Answer: {value}"])
+
+
+def parse_mix(mix: str, formats: tuple[str, ...] = PRETRAIN_FORMATS) -> dict[str, float]:
+    """'forward=0.3,judge=0.7' -> {format: weight}; a weight left out is 1, a zero weight turns a
+    format off, and at least one must be positive."""
+    out = {}
+    for part in mix.split(","):
+        name, _, weight = part.partition("=")
+        if name not in formats:
+            raise ValueError(f"unknown format {name!r} in mix; expected one of {formats}")
+        out[name] = float(weight or 1)
+    if any(w < 0 for w in out.values()) or not any(w > 0 for w in out.values()):
+        raise ValueError(f"mix needs weights >= 0, at least one positive: {mix!r}")
+    return out
 
 
 def apply(op: str, a: int, b: int) -> int | None:

@@ -32,8 +32,8 @@ import torch
 from tqdm import tqdm
 
 from ponder.tasks import arith
-from ponder.trainers.pretrain import BF16_HELP, batch_loss, collate, native_bf16, save_atomic
 from ponder.trainers.tokenizer import encode_example
+from ponder.trainers.toolbox import BF16_HELP, batch_loss, collate, native_bf16, save_atomic
 
 
 @dataclass

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ponder.trainers.cdpo import ContrastConfig, sample
-from ponder.trainers.pretrain import IGNORE, save_atomic, save_model
+from ponder.trainers.toolbox import IGNORE, save_atomic, save_model
 
 LOSSES = ("cdpo", "dpo", "sft")
 

@@ -18,7 +18,6 @@ of ranks. `--optimizer adamw` all-reduces gradients (DDP); `--optimizer demo`
 from __future__ import annotations
 
 import copy
-import functools
 import json
 import math
 import os
@@ -26,7 +25,6 @@ import random
 import shutil
 import time
 from collections.abc import Iterator
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -39,8 +37,7 @@ from ponder.tasks import arith
 from ponder.trainers import distributed
 from ponder.trainers.demo import DeMo, Signum
 from ponder.trainers.tokenizer import END, build_tokenizer, encode_example
-
-IGNORE = -100
+from ponder.trainers.toolbox import BF16_HELP, batch_loss, collate, count_targets, lr_at, native_bf16, save_atomic
 
 
 @dataclass(frozen=True)
@@ -84,19 +81,6 @@ PRESETS = {
 }
 
 
-BF16_HELP = "bf16 autocast; default: on where the device has bf16 units (CUDA, AVX512-BF16 or AMX CPUs)"
-
-
-@functools.cache
-def native_bf16(device: str) -> bool:
-    """Whether bf16 autocast pays on `device`: without bf16 units (e.g. an AVX2-only CPU) a bf16
-    matmul is ~100x slower than fp32 (bench/dtype_sweep.py), with them ~1.4x faster."""
-    if torch.device(device).type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    flags = Path("/proc/cpuinfo").read_text().split() if Path("/proc/cpuinfo").exists() else []
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
 @dataclass
 class PretrainConfig:
     out: str = field(metadata={"help": "output folder: the final model, plus checkpoint/ while training"})
@@ -111,7 +95,7 @@ class PretrainConfig:
     min_lr_ratio: float = field(default=0.1, metadata={"help": "cosine floor as a fraction of lr"})
     warmup: int = field(default=250, metadata={"help": "linear warm-up steps"})
     weight_decay: float = field(default=0.1, metadata={"help": "decoupled weight decay of the matrices"})
-    mix: str = field(default="forward=0.35,judge=0.3,backward=0.25,backward_question=0.1",
+    mix: str = field(default=arith.DEFAULT_MIX,
                      metadata={"help": "format=weight,... sampling mix of the task formats"})
     max_steps_per_problem: int = field(default=5, metadata={"help": "task difficulty: longest chain"})
     max_value: int = field(default=999, metadata={"help": "task difficulty: largest intermediate value"})
@@ -135,9 +119,7 @@ class PretrainConfig:
     def __post_init__(self) -> None:
         self.bf16 = native_bf16(self.device) if self.bf16 is None else self.bf16
         ModelPreset.from_name(self.preset)
-        weights = self.mixture()
-        if not weights or any(w < 0 for w in weights.values()):
-            raise ValueError("mix needs positive weights")
+        self.mixture()
         if self.warmup >= self.steps:
             raise ValueError("warmup must be shorter than steps")
         if self.optimizer not in ("adamw", "demo", "signum"):
@@ -146,24 +128,10 @@ class PretrainConfig:
             raise ValueError("demo_beta must be in [0, 1); demo_chunk and demo_topk positive")
 
     def mixture(self) -> dict[str, float]:
-        out = {}
-        for part in self.mix.split(","):
-            name, _, weight = part.partition("=")
-            if name not in arith.PRETRAIN_FORMATS:
-                raise ValueError(f"unknown format {name!r} in mix; expected {arith.PRETRAIN_FORMATS}")
-            out[name] = float(weight)
-        return out
+        return arith.parse_mix(self.mix)
 
     def task(self) -> arith.ArithConfig:
         return arith.ArithConfig(max_steps=self.max_steps_per_problem, max_value=self.max_value)
-
-
-def lr_at(step: int, cfg: PretrainConfig) -> float:
-    """Linear warm-up, then cosine decay to min_lr_ratio * lr."""
-    if step < cfg.warmup:
-        return cfg.lr * (step + 1) / cfg.warmup
-    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
-    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
 def make_batch(step: int, cfg: PretrainConfig, tok: PreTrainedTokenizerFast,
@@ -174,80 +142,6 @@ def make_batch(step: int, cfg: PretrainConfig, tok: PreTrainedTokenizerFast,
     formats = rng.choices(list(mix), weights=list(mix.values()), k=cfg.batch_size)
     rows = [encode_example(tok, arith.example(next(stream), fmt, rng)) for fmt in formats]
     return collate(rows, tok.pad_token_id, cfg.micro_batch)
-
-
-def collate(rows: list[tuple[list[int], int]], pad_id: int,
-            micro_batch: int) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """(token ids, prompt length) rows -> micro-batches of similar length: (ids, mask, labels).
-
-    Judge examples are three times longer than the rest; sorting by length and
-    padding each micro-batch on its own cuts the padding (and the step time)
-    by about a third. Labels are -100 on the prompt and the padding.
-    """
-    rows = sorted(rows, key=lambda r: len(r[0]))
-    batches = []
-    for chunk in (rows[i : i + micro_batch] for i in range(0, len(rows), micro_batch)):
-        width = max(len(ids) for ids, _ in chunk)
-        ids = torch.full((len(chunk), width), pad_id)
-        labels = torch.full((len(chunk), width), IGNORE)
-        mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        for i, (row, n_prompt) in enumerate(chunk):
-            ids[i, : len(row)] = torch.tensor(row)
-            labels[i, n_prompt : len(row)] = torch.tensor(row[n_prompt:])
-            mask[i, : len(row)] = 1
-        batches.append((ids, mask, labels))
-    return batches
-
-
-def count_targets(batches) -> int:
-    """Tokens that carry a loss (labels shift by one inside the model)."""
-    return sum(int((labels[:, 1:] != IGNORE).sum()) for _, _, labels in batches)
-
-
-def batch_loss(model, batches, cfg, n_total: int | None = None, grad_scale: float = 1.0) -> float:
-    """Backward over the micro-batches; returns the mean loss per target token.
-
-    `cfg` needs `device` and `bf16` (PretrainConfig and the cDPO config have both).
-    Data parallel: `batches` is this rank's share of the step, `n_total` the target tokens of the
-    whole step and `grad_scale` the world size, which DDP's gradient mean divides by again, so the
-    synced gradient is the one-process gradient; the return value is this rank's share of the
-    step's loss (the ranks' values add up to it). Under DDP only the last micro-batch syncs.
-    """
-    n_total = count_targets(batches) if n_total is None else n_total
-    total = 0.0
-    for i, (ids, mask, labels) in enumerate(batches):
-        ids, mask, labels = ids.to(cfg.device), mask.to(cfg.device), labels.to(cfg.device)
-        n = int((labels[:, 1:] != IGNORE).sum())
-        last = i == len(batches) - 1
-        with nullcontext() if last or not isinstance(model, DistributedDataParallel) else model.no_sync():
-            with torch.autocast(torch.device(cfg.device).type, dtype=torch.bfloat16, enabled=cfg.bf16):
-                loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss * (n / n_total)
-            (loss if grad_scale == 1 else loss * grad_scale).backward()
-        total += loss.item()
-    return total
-
-
-def save_atomic(folder: Path, write) -> None:
-    """Write into folder.tmp, then rename over folder: a crash leaves the old one."""
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    write(tmp)
-    old = folder.with_name(folder.name + ".old")
-    if folder.exists():
-        folder.rename(old)
-    tmp.rename(folder)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def save_model(out: Path, model, tok, record: dict) -> None:
-    """A servable model folder, written atomically: weights, tokenizer and train_record.json."""
-    def write(d: Path) -> None:
-        model.save_pretrained(d)
-        tok.save_pretrained(d)
-        (d / "train_record.json").write_text(json.dumps(record, indent=2) + "\n")
-
-    save_atomic(out, write)
 
 
 def make_optimizer(model: LlamaForCausalLM, cfg: PretrainConfig) -> torch.optim.Optimizer:

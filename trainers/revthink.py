@@ -46,8 +46,8 @@ from tqdm import tqdm
 
 from ponder.tasks import arith
 from ponder.tasks.formats import masked_quantity
-from ponder.trainers.pretrain import BF16_HELP, batch_loss, collate, native_bf16, save_atomic, save_model
 from ponder.trainers.tokenizer import encode_example
+from ponder.trainers.toolbox import BF16_HELP, batch_loss, collate, native_bf16, save_atomic, save_model
 
 OBJECTIVES = ("forward", "backward_question", "backward")
 

@@ -96,8 +96,8 @@ def test_student_learns_all_three_objectives(tok, tmp_path):
     trained = LlamaForCausalLM.from_pretrained(tmp_path / "out")
     fresh = LlamaForCausalLM.from_pretrained(student)
     t = AutoTokenizer.from_pretrained(tmp_path / "out")
-    from ponder.trainers.pretrain import batch_loss, collate
     from ponder.trainers.tokenizer import encode_example
+    from ponder.trainers.toolbox import batch_loss, collate
 
     for objective in range(3):  # each objective's own loss falls, and the prompt is masked out of it
         rows = [encode_example(t, revthink.examples([k], "all")[objective]) for k in kept[:8]]
