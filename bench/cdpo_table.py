@@ -17,15 +17,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import sys
 from pathlib import Path
 
 from ponder.models import DEFAULT_MODEL
-from ponder.tasks.eval import EvalConfig, diff_interval, evaluate
+from ponder.tasks.eval import EvalConfig, evaluate
+from ponder.tasks.stats import diff_interval
+from ponder.testing import PonderServer
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # the checkout's tests/ helpers
-from tests.conftest import PonderServer  # noqa: E402
 
 LOSSES = ("sft", "dpo", "cdpo")
 

@@ -32,7 +32,7 @@ from ponder.strategies.critical_tokens import (
     rollout_critical,
     rollout_success,
 )
-from ponder.tasks import arith
+from ponder.tasks import ARITH, arith
 
 
 async def check(args) -> dict:
@@ -51,7 +51,7 @@ async def check(args) -> dict:
             if len(rows) >= args.trajectories:
                 break
             ids = ctx.render(name, [{"role": "user", "content": p.question()}])
-            query = Query(name, ids, p.question(), SamplingSpec(max_tokens=200, temperature=1.0, seed=i))
+            query = Query(name, ids, p.question(), SamplingSpec(max_tokens=200, temperature=1.0, seed=i), ARITH)
             cand = await ctx.generate(name, ids, query.spec)
             if arith.is_correct(cand.text, p.answer) or not cand.token_ids:
                 continue

@@ -9,15 +9,16 @@ row prints the request's status and the slowest /health answer seen meanwhile
 
 from __future__ import annotations
 
-import sys
 import threading
 import time
 from pathlib import Path
 
 import httpx
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's tests/ helpers
-from tests.conftest import NAME, PonderServer
+from ponder.models import DEFAULT_MODEL
+from ponder.testing import PonderServer
+
+NAME = Path(DEFAULT_MODEL).name
 
 MSG = [{"role": "user", "content": "Tom has 3 apples. He buys 4 more. How many apples does Tom have now?"}]
 ROWS = {

@@ -32,7 +32,7 @@ from ponder.nas import costs, evaluate, gkd, mip
 from ponder.nas.export import export
 from ponder.nas.space import Space
 from ponder.tasks import arith
-from ponder.tasks.eval import wilson
+from ponder.tasks.stats import wilson
 
 
 @dataclass

@@ -23,16 +23,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import sys
 from pathlib import Path
 
 from ponder.models import DEFAULT_MODEL
-from ponder.tasks.eval import EvalConfig, diff_interval, evaluate
+from ponder.tasks.eval import EvalConfig, evaluate
+from ponder.tasks.stats import diff_interval
+from ponder.testing import PonderServer
 from ponder.trainers import revthink
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # the checkout's tests/ helpers
-from tests.conftest import PonderServer  # noqa: E402
 
 # name: (objectives, share of the data, epochs as a multiple of --epochs). RevThink has three examples
 # per item, so sft-100-x3 is the SFT baseline at RevThink's number of steps (equal compute).

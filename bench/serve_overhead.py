@@ -26,9 +26,7 @@ from openai import AsyncOpenAI
 
 from ponder.models import DEFAULT_MODEL
 from ponder.tasks import arith
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's tests/ helpers
-from tests.conftest import free_port
+from ponder.testing import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 

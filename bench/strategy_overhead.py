@@ -23,7 +23,7 @@ from ponder.engine.protocol import SamplingSpec, collect
 from ponder.models import DEFAULT_MODEL
 from ponder.strategies import tournament as tm
 from ponder.strategies.base import Context, Query, seeded
-from ponder.tasks import arith
+from ponder.tasks import ARITH, arith
 
 
 def cache_counters() -> tuple[float, float]:
@@ -52,7 +52,7 @@ async def bench(args) -> None:
     try:
         for i, p in enumerate(problems):
             ids = ctx.render(name, [{"role": "user", "content": p.question()}])
-            query = Query(name, ids, p.question(), SamplingSpec(max_tokens=200, temperature=0.8, seed=100 * i))
+            query = Query(name, ids, p.question(), SamplingSpec(max_tokens=200, temperature=0.8, seed=100 * i), ARITH)
             q0, h0 = cache_counters()
             t0 = time.perf_counter()
             result = await strategy.run(ctx, query, params)
@@ -67,8 +67,8 @@ async def bench(args) -> None:
                 calls = []
                 for g in rnd["games"]:
                     for order in ([g["a"], g["b"]], [g["b"], g["a"]]):
-                        text = tm.judge_prompt(params, p.question(), texts[order[0]], texts[order[1]])
-                        calls.append(ctx.render(name, [{"role": "user", "content": text}]))
+                        messages = tm.judge_messages(ARITH, params, p.question(), texts[order[0]], texts[order[1]])
+                        calls.append(ctx.render(name, messages))
                 await asyncio.gather(*(collect(engine.generate(c, seeded(judge, 1_000 + j), f"cpj-{i}-{r}-{j}",
                                                                stream=False)) for j, c in enumerate(calls)))
             t2 = time.perf_counter()

@@ -53,10 +53,10 @@ import psutil
 
 from ponder.models import DEFAULT_MODEL
 from ponder.tasks import arith
+from ponder.testing import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # the checkout's tests/ helpers
-from tests.conftest import NAME, free_port  # noqa: E402
+NAME = Path(DEFAULT_MODEL).name
 
 OPTILLM_VERSION = "0.4.0"
 PAIRS = ["sc", "judge", "scale-out"]

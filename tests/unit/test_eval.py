@@ -7,7 +7,7 @@ import uvicorn
 
 from ponder.server.app import create_app
 from ponder.server.serving import Limits, OpenAIServing
-from ponder.tasks import arith
+from ponder.tasks import arith, stats
 from ponder.tasks import eval as ev
 from tests.fake_engine import FakeEngine
 
@@ -44,17 +44,17 @@ async def test_pairs_measures_p_gen_and_a_position_biased_p_comp(tok):
 
 def test_diff_interval_is_newcombes():
     # Newcombe (1998), Statistics in Medicine 17:873, example (a): 56/70 vs 48/80 -> 0.2000 [0.0524, 0.3339].
-    a = {"accuracy": 56 / 70, "ci95": ev.wilson(56, 70)}
-    b = {"accuracy": 48 / 80, "ci95": ev.wilson(48, 80)}
-    lo, hi = ev.diff_interval(a, b)
+    a = {"accuracy": 56 / 70, "ci95": stats.wilson(56, 70)}
+    b = {"accuracy": 48 / 80, "ci95": stats.wilson(48, 80)}
+    lo, hi = stats.diff_interval(a, b)
     assert round(lo, 3) == 0.052 and round(hi, 3) == 0.334
 
 
 def paired(both: int, only_a: int, only_b: int, neither: int) -> tuple[dict, dict]:
     xa = [1] * both + [1] * only_a + [0] * only_b + [0] * neither
     xb = [1] * both + [0] * only_a + [1] * only_b + [0] * neither
-    return ({"accuracy": sum(xa) / len(xa), "ci95": ev.wilson(sum(xa), len(xa)), "correct": xa},
-            {"accuracy": sum(xb) / len(xb), "ci95": ev.wilson(sum(xb), len(xb)), "correct": xb})
+    return ({"accuracy": sum(xa) / len(xa), "ci95": stats.wilson(sum(xa), len(xa)), "correct": xa},
+            {"accuracy": sum(xb) / len(xb), "ci95": stats.wilson(sum(xb), len(xb)), "correct": xb})
 
 
 def unpaired(rec: dict) -> dict:
@@ -65,10 +65,10 @@ def test_paired_diff_interval_narrows_with_correlation():
     # The same problems solved by both runs, a few by one only: the paired interval (Newcombe 1998,
     # method 10 for paired data) is narrower than the independent one and still holds the difference.
     a, b = paired(470, 14, 4, 12)
-    lo, hi = ev.diff_interval(a, b)
-    ilo, ihi = ev.diff_interval(unpaired(a), unpaired(b))
+    lo, hi = stats.diff_interval(a, b)
+    ilo, ihi = stats.diff_interval(unpaired(a), unpaired(b))
     assert ilo < lo < a["accuracy"] - b["accuracy"] < hi < ihi
     assert lo > 0 > ilo  # significant only when paired
     # No correlation beyond what n/2 shrinks away: the paired interval is the independent one.
     a, b = paired(25, 25, 25, 25)
-    assert ev.diff_interval(a, b) == pytest.approx(ev.diff_interval(unpaired(a), unpaired(b)))
+    assert stats.diff_interval(a, b) == pytest.approx(stats.diff_interval(unpaired(a), unpaired(b)))
