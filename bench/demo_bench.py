@@ -41,7 +41,7 @@ def train(name: str, out: Path, args: argparse.Namespace, extra: list[str]) -> f
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.nproc}",
            "-m", "ponder.trainers.pretrain", "--out", str(out / name), "--threads", "1",
            "--preset", args.preset, "--steps", str(args.steps), "--warmup", str(args.warmup),
-           "--batch_size", str(args.batch_size),
+           "--batch-size", str(args.batch_size),
            "--compile", str(args.compile), "--metrics", str(out / f"{name}.metrics.jsonl"), *extra]
     print(" ".join(cmd), flush=True)
     t0 = time.time()
@@ -145,8 +145,8 @@ def main() -> None:
             settings = [("beta", float(beta), defaults.demo_beta), ("lr", args.demo_lr, defaults.lr),
                         ("floor", args.demo_min_lr_ratio, defaults.min_lr_ratio)]
             name = f"demo_k{k}" + "".join(f"_{tag}{v:g}" for tag, v, default in settings if v != default)
-            runs[name] = ["--optimizer", "demo", "--demo_topk", k, "--demo_beta", beta, "--lr", str(args.demo_lr),
-                          "--min_lr_ratio", str(args.demo_min_lr_ratio)]
+            runs[name] = ["--optimizer", "demo", "--demo-topk", k, "--demo-beta", beta, "--lr", str(args.demo_lr),
+                          "--min-lr-ratio", str(args.demo_min_lr_ratio)]
     for lr in filter(None, args.signum_lrs.split(",")):
         runs[f"signum_lr{float(lr):g}"] = ["--optimizer", "signum", "--lr", lr]
     results = []

@@ -126,8 +126,8 @@ def main() -> None:
                                                        "bf16 unit; the teacher data was written in fp32)")
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--epochs", type=int, default=3)
-    ap.add_argument("--batch_size", type=int, default=32)
-    ap.add_argument("--micro_batch", type=int, default=16)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--micro-batch", type=int, default=16)
     ap.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
                     help="bf16 autocast; default: where the CPU has bf16 units")
     ap.add_argument("--seed", type=int, default=0)

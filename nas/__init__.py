@@ -2,6 +2,7 @@
 
 Each step is a command over one run folder, cached on disk and resumable:
 
+    ponder nas data   --parent PARENT --run runs/nas               # 0. the parent's replies (any chat model)
     ponder nas space  --parent models/ponder-small --run runs/nas   # 1. the menu per layer, parent-initialised
     ponder nas bld    --run runs/nas                               # 2. blockwise local distillation
     ponder nas score  --run runs/nas                               # 3. replace-one-block KL (+ accuracy)
@@ -16,6 +17,7 @@ from __future__ import annotations
 import sys
 
 COMMANDS = {
+    "data": "ponder.nas.generate",
     "space": "ponder.nas.space",
     "bld": "ponder.nas.bld",
     "score": "ponder.nas.score",

@@ -8,18 +8,14 @@ and env values alike: a bad value is a usage error at start-up.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
-import os
-import types
 import typing
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ponder import tasks
+from ponder import flags, tasks
 from ponder.models import default_models
 from ponder.server.protocol import EffortLevel
 
@@ -143,53 +139,6 @@ class ServeConfig:
         return d
 
 
-def flag_type(tp: Any) -> tuple[Callable[[str], Any], bool]:
-    """(converter, repeatable) for a field type: int, float, bool, str, `X | None` or list[X]."""
-    if typing.get_origin(tp) in (typing.Union, types.UnionType):
-        tp = next(a for a in typing.get_args(tp) if a is not type(None))
-    if typing.get_origin(tp) is list:
-        return flag_type(typing.get_args(tp)[0])[0], True
-    return (parse_bool if tp is bool else tp), False
-
-
-def parse_bool(text: str) -> bool:
-    words = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
-    if text.strip().lower() not in words:
-        raise ValueError(f"not a boolean: {text!r}")
-    return words[text.strip().lower()]
-
-
 def parse_args(argv: list[str] | None = None, prog: str = "ponder serve") -> ServeConfig:
-    parser = argparse.ArgumentParser(prog=prog, description="Serve models with per-request reasoning strategies.")
-    hints = typing.get_type_hints(ServeConfig)
-    lists: dict[str, list[Any]] = {}
-    for f in dataclasses.fields(ServeConfig):
-        flag, var = "--" + f.name.replace("_", "-"), "PONDER_" + f.name.upper()
-        conv, repeatable = flag_type(hints[f.name])
-        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-        env = os.environ.get(var) or None  # set but empty (VAR=${UNSET} in compose) counts as unset
-        if env is not None:
-            try:
-                if repeatable:
-                    default = [conv(v.strip()) for v in env.split(f.metadata.get("sep", ",")) if v.strip()]
-                else:
-                    default = conv(env)
-            except ValueError:
-                parser.error(f"{var}: invalid {'bool' if conv is parse_bool else conv.__name__} value: {env!r}")
-        help = f.metadata["help"] + f" [env {var}]"
-        if repeatable:
-            parser.add_argument(flag, action="append", type=conv, default=None, help=help)
-            lists[f.name] = default
-        elif conv is parse_bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help)
-        else:
-            parser.add_argument(flag, type=conv, default=default, help=help)
-    args = vars(parser.parse_args(argv))
-    for name, default in lists.items():
-        if args[name] is None:
-            args[name] = default
-    try:
-        return ServeConfig(**args)
-    except ValueError as e:
-        parser.error(str(e))
-        raise  # unreachable
+    return flags.parse(ServeConfig, argv, prog, "Serve models with per-request reasoning strategies.",
+                       env_prefix="PONDER_")

@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import openai
 from tqdm.asyncio import tqdm
 
 from ponder import tasks
@@ -113,8 +114,6 @@ def correct(cfg: EvalConfig, text: str, check: Any) -> bool:
 @asynccontextmanager
 async def client_for(cfg: EvalConfig):
     """An AsyncOpenAI client: to a running server, or to `ponder serve --model PATH` started for the run."""
-    from openai import AsyncOpenAI
-
     from ponder.testing import PonderServer
 
     server = None
@@ -122,7 +121,7 @@ async def client_for(cfg: EvalConfig):
         args = [a for spec in cfg.lora for a in ("--lora", spec)]
         server = await asyncio.to_thread(PonderServer, *args, models=[cfg.model])
     try:
-        async with AsyncOpenAI(base_url=cfg.base_url or server.base_url, api_key=cfg.api_key, max_retries=0,
+        async with openai.AsyncOpenAI(base_url=cfg.base_url or server.base_url, api_key=cfg.api_key, max_retries=0,
                                timeout=3600) as c:
             yield c
     finally:
@@ -206,10 +205,14 @@ async def evaluate(cfg: EvalConfig) -> dict[str, Any]:
 
         async def one(i: int, item: Item) -> dict[str, Any]:
             async with sem:
-                r = await client.chat.completions.create(
-                    model=model, messages=[{"role": "user", "content": item.prompt}], n=cfg.n,
-                    temperature=cfg.temperature, max_tokens=cfg.max_tokens, seed=cfg.seed + i,
-                    extra_body={"strategy": strategy})
+                try:
+                    r = await client.chat.completions.create(
+                        model=model, messages=[{"role": "user", "content": item.prompt}], n=cfg.n,
+                        temperature=cfg.temperature, max_tokens=cfg.max_tokens, seed=cfg.seed + i,
+                        extra_body={"strategy": strategy})
+                except openai.APIError as e:  # counted as wrong and reported, not the end of a long run
+                    return {"ok": [False] * cfg.n, "error": f"{type(e).__name__}: {e}", "completion_tokens": 0,
+                            "prompt_tokens": 0, "engine_calls": 0, "info": None}
             texts = [c.message.content or "" for c in r.choices]
             oks = [correct(cfg, t, item.check) for t in texts]
             extra = getattr(r, "ponder", None) or {}
@@ -228,7 +231,7 @@ async def evaluate(cfg: EvalConfig) -> dict[str, Any]:
         "completion_tokens_per_problem": sum(r["completion_tokens"] for r in rows) / len(rows),
         "prompt_tokens_per_problem": sum(r["prompt_tokens"] for r in rows) / len(rows),
         "engine_calls_per_problem": sum(r["engine_calls"] or 0 for r in rows) / len(rows),
-        "wall_s": round(wall, 1), "rows": rows,
+        "errors": sum(1 for r in rows if "error" in r), "wall_s": round(wall, 1), "rows": rows,
     }
     if cfg.format == "judge":
         for want in ("Solution 1", "Solution 2"):
@@ -261,6 +264,8 @@ def summary(rec: dict[str, Any]) -> str:
         line += f", {key} {rec[key]:.3f}"
     for name, acc in rec.get("by_order", {}).items():
         line += f", {name} {acc:.3f}"
+    if rec.get("errors"):
+        line += f", {rec['errors']} failed requests"
     return line + (f", {rec['completion_tokens_per_problem']:.0f} completion tokens/problem, "
                    f"{rec['wall_s']:.0f}s")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 from ponder.models import DEFAULT_MODEL
@@ -26,3 +27,10 @@ def dies_at_call(fn, n: int):
     return wrapper
 
 
+async def until(condition, timeout: float = 10.0) -> None:
+    """Wait for a condition the code under test makes true: bounded, so a bug fails rather than hangs,
+    and generous, so a loaded 2-core machine cannot fail it by chance."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "the condition never held"
+        await asyncio.sleep(0.01)

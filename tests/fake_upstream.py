@@ -56,7 +56,8 @@ def chunks(body: dict[str, Any]) -> list[str]:
 def app(model: str, delay: float = 0.0):
     """The upstream as an ASGI app; `delay` seconds pass before each completion answers at all."""
     api = FastAPI()
-    api.state.completions = 0
+    api.state.completions = 0  # answered
+    api.state.received = 0  # arrived (answered or not yet)
 
     @api.get("/health")
     async def health():
@@ -68,11 +69,12 @@ def app(model: str, delay: float = 0.0):
 
     @api.get("/stats")
     async def stats():
-        return {"completions": api.state.completions}
+        return {"completions": api.state.completions, "received": api.state.received}
 
     @api.post("/v1/completions")
     async def completions(request: Request):
         body = await request.json()
+        api.state.received += 1
         await asyncio.sleep(delay)
         api.state.completions += 1
         if body.get("stream"):

@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from ponder import flags
 from ponder.tasks import arith
 from ponder.trainers.tokenizer import encode_example
 from ponder.trainers.toolbox import BF16_HELP, batch_loss, collate, native_bf16, save_atomic
@@ -138,9 +139,7 @@ def train(cfg: ContrastConfig) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from transformers import HfArgumentParser
-
-    (cfg,) = HfArgumentParser(ContrastConfig).parse_args_into_dataclasses(argv)
+    cfg = flags.parse(ContrastConfig, argv, "ponder train cdpo-contrast", __doc__)
     print(json.dumps(train(cfg), indent=2))
 
 

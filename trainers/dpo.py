@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from ponder import flags
 from ponder.trainers.cdpo import ContrastConfig, sample
 from ponder.trainers.toolbox import IGNORE, save_atomic, save_model
 
@@ -235,9 +236,7 @@ def train(cfg: DPOConfig, pairs: list[dict] | None = None) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from transformers import HfArgumentParser
-
-    (cfg,) = HfArgumentParser(DPOConfig).parse_args_into_dataclasses(argv)
+    cfg = flags.parse(DPOConfig, argv, "ponder train cdpo", __doc__)
     print(json.dumps(train(cfg), indent=2))
 
 

@@ -33,6 +33,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from ponder import flags
 from ponder.tasks import arith
 from ponder.trainers import distributed
 from ponder.trainers.demo import DeMo, Signum
@@ -288,9 +289,7 @@ def export(model: LlamaForCausalLM, tok: PreTrainedTokenizerFast, out: Path,
 
 
 def main(argv: list[str] | None = None) -> None:
-    from transformers import HfArgumentParser
-
-    (cfg,) = HfArgumentParser(PretrainConfig).parse_args_into_dataclasses(argv)
+    cfg = flags.parse(PretrainConfig, argv, "ponder train pretrain", __doc__)
     train(cfg)
 
 

@@ -44,6 +44,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from ponder import flags
 from ponder.tasks import arith
 from ponder.tasks.formats import masked_quantity
 from ponder.trainers.tokenizer import encode_example
@@ -243,16 +244,12 @@ def train(cfg: StudentConfig) -> dict:
 
 
 def main_data(argv: list[str] | None = None) -> None:
-    from transformers import HfArgumentParser
-
-    (cfg,) = HfArgumentParser(DataConfig).parse_args_into_dataclasses(argv)
+    cfg = flags.parse(DataConfig, argv, "ponder train revthink-data", __doc__)
     print(json.dumps(asyncio.run(ask_teacher(cfg)), indent=2))
 
 
 def main(argv: list[str] | None = None) -> None:
-    from transformers import HfArgumentParser
-
-    (cfg,) = HfArgumentParser(StudentConfig).parse_args_into_dataclasses(argv)
+    cfg = flags.parse(StudentConfig, argv, "ponder train revthink", __doc__)
     print(json.dumps(train(cfg), indent=2))
 
 

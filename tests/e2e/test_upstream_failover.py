@@ -12,10 +12,10 @@ import httpx
 import pytest
 
 from ponder.models import DEFAULT_MODEL
-from tests.conftest import ROOT, PonderServer, free_port
+from tests.conftest import ROOT, PonderServer, free_port, until
 
 MSG = [{"role": "user", "content": "Tom has 3 apples. He buys 4 more. How many?"}]
-DELAY = 1.5  # seconds each replica takes before it answers a completion
+DELAY = 4.0  # seconds each replica takes before it answers a completion: far longer than sending 24 takes
 
 
 class Replica:
@@ -40,6 +40,9 @@ class Replica:
 
     def completions(self) -> int:
         return httpx.get(self.url + "/stats", timeout=5).json()["completions"]
+
+    def received(self) -> int:
+        return httpx.get(self.url + "/stats", timeout=5).json()["received"]
 
     def kill(self) -> None:
         self.proc.kill()  # SIGKILL: connections drop, nothing answers
@@ -92,7 +95,8 @@ async def test_a_replica_killed_mid_load_loses_no_request(replicas):
                 return await c.post("/v1/chat/completions", json=body)
 
             load = [asyncio.ensure_future(one(i)) for i in range(24)]
-            await asyncio.sleep(DELAY / 3)  # every call is in flight, none has answered
+            await until(lambda: a.received() + b.received() == 2 + 24)  # every call is in flight...
+            assert a.completions() + b.completions() == 2  # ...and none has answered
             b.kill()
             rs = await asyncio.gather(*load)
         assert [r.status_code for r in rs] == [200] * 24, [r.text for r in rs if r.status_code != 200]

@@ -60,6 +60,7 @@ def metrics(args: dict) -> list[dict]:
     return [json.loads(line) for line in open(args["metrics"])]
 
 
+@pytest.mark.slow  # trains or spawns
 @pytest.mark.parametrize("optimizer", ["adamw", "demo", "signum"])
 def test_two_gloo_ranks_stay_identical_and_the_loss_falls(tmp_path, optimizer):
     args = cfg_args(tmp_path / optimizer, optimizer=optimizer)
@@ -84,6 +85,7 @@ def test_two_gloo_ranks_stay_identical_and_the_loss_falls(tmp_path, optimizer):
         assert losses == pytest.approx([r["loss"] for r in metrics(single)], rel=1e-4)
 
 
+@pytest.mark.slow  # trains or spawns
 def test_demo_checkpoint_of_two_ranks_resumes_in_one_process(tmp_path):
     args = cfg_args(tmp_path / "r", optimizer="demo")
     run_ranks(2, args, die_at_step=5)  # after the step-4 checkpoint

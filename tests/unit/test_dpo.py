@@ -71,6 +71,7 @@ def test_a_killed_run_resumes_from_its_checkpoint(tmp_path, tok, monkeypatch):
     assert resumed["loss_last_10"] == pytest.approx(unbroken["loss_last_10"], rel=1e-4)
 
 
+@pytest.mark.slow  # trains or spawns
 def test_a_few_steps_raise_the_margin_and_change_the_weights(tmp_path, tok):
     base, pairs = base_and_pairs(tmp_path, tok)
     for loss, lora in (("cdpo", 4), ("dpo", 0)):

@@ -105,6 +105,7 @@ def respects(options, choice, budgets, exclude=(), min_diff=1) -> bool:
             and all(mip.differs(choice, prev) >= min_diff for prev in exclude))
 
 
+@pytest.mark.slow  # trains or spawns
 @pytest.mark.parametrize("seed", range(6))
 def test_mip_respects_every_constraint_and_matches_brute_force(seed):
     rng = random.Random(seed)
@@ -199,6 +200,7 @@ def fake_measure(folder, out, settings, timeout):
             "dtype": "torch.float32", "device": "fake"}
 
 
+@pytest.mark.slow  # trains or spawns
 def test_pipeline_costs_mip_gkd_export(run, tok, monkeypatch, tmp_path):
     score.score(score.ScoreConfig(run=str(run), examples=4, batch_size=4, mix=MIX, accuracy_problems=0))
     monkeypatch.setattr(costs, "measure_in_subprocess", fake_measure)

@@ -13,6 +13,7 @@ from ponder.engine.remote import RemoteEngine, UpstreamError
 from ponder.strategies.base import Context, Query
 from ponder.tasks import MATH
 from tests import fake_upstream
+from tests.conftest import until
 
 SPEC = SamplingSpec(max_tokens=8, temperature=1.0, seed=5)
 PROMPT = [1, 2, 3, 4, 5]
@@ -98,9 +99,9 @@ async def test_self_consistency_over_remote_is_one_upstream_call(remote, fleet):
 async def test_routing_counts_sequences_not_calls(remote, fleet):
     fleet.hold = asyncio.Event()
     big = asyncio.ensure_future(remote.sample(PROMPT, SPEC, 4, "big"))
-    await asyncio.sleep(0.01)
+    await until(lambda: len(fleet.seen) == 1)
     small = [asyncio.ensure_future(collect(remote.generate(PROMPT, SPEC, f"s{i}", stream=False))) for i in range(4)]
-    await asyncio.sleep(0.01)
+    await until(lambda: len(fleet.seen) == 5)
     assert fleet.hosts() == ["a", "b", "b", "b", "b"]  # four single calls weigh what one n=4 call does
     assert [r.sequences for r in remote.fleet.replicas] == [4, 4] and remote.num_unfinished() == 8
     fleet.hold.set()
@@ -115,11 +116,7 @@ async def test_a_refused_call_goes_to_the_other_replica_and_the_first_is_taken_o
     await asyncio.gather(*(collect(remote.generate(PROMPT, SPEC, f"x{i}", stream=False)) for i in range(3)))
     assert fleet.hosts() == ["b"] * 4  # out of routing
     fleet.down.clear()
-    for _ in range(100):  # the health loop puts it back
-        if remote.fleet.replicas[0].up:
-            break
-        await asyncio.sleep(0.02)
-    assert remote.fleet.replicas[0].up
+    await until(lambda: remote.fleet.replicas[0].up)  # the health loop puts it back
 
 
 async def test_5xx_is_retried_once_elsewhere_4xx_never(remote, fleet):
@@ -169,26 +166,16 @@ async def test_a_stream_is_retried_before_its_first_token_never_after(tok):
 async def test_health_checks_take_a_replica_out_and_put_it_back(remote, fleet):
     await remote.check_health()
     fleet.health["a"] = 503
-    for _ in range(100):
-        if not remote.fleet.replicas[0].up:
-            break
-        await asyncio.sleep(0.02)
-    assert not remote.fleet.replicas[0].up
+    await until(lambda: not remote.fleet.replicas[0].up)
     await remote.check_health()  # b still serves
     await asyncio.gather(*(collect(remote.generate(PROMPT, SPEC, f"x{i}", stream=False)) for i in range(4)))
     assert set(fleet.hosts()) == {"b"}
     fleet.health["b"] = 503
-    for _ in range(100):
-        if not remote.fleet.replicas[1].up:
-            break
-        await asyncio.sleep(0.02)
+    await until(lambda: not remote.fleet.replicas[1].up)
     with pytest.raises(EngineDeadError, match="no upstream is healthy"):
         await remote.check_health()
     fleet.health.clear()
-    for _ in range(100):
-        if all(r.up for r in remote.fleet.replicas):
-            break
-        await asyncio.sleep(0.02)
+    await until(lambda: all(r.up for r in remote.fleet.replicas))
     await remote.check_health()
 
 

@@ -1,3 +1,4 @@
+
 """RevThink: the data step against a live OpenAI-compatible server (ponder's app on a scripted engine),
 and a student whose three losses fall."""
 
@@ -5,6 +6,7 @@ import asyncio
 import json
 import random
 
+import pytest
 import torch
 import uvicorn
 from transformers import LlamaForCausalLM
@@ -74,6 +76,7 @@ def test_an_answer_reached_through_a_false_equation_is_dropped():
     assert revthink.drop_reason(item) == "a reasoning has a false equation"
 
 
+@pytest.mark.slow  # trains or spawns
 def test_student_learns_all_three_objectives(tok, tmp_path):
     torch.manual_seed(0)
     student = tmp_path / "student"

@@ -4,7 +4,6 @@ for real on a local port, and the signal is delivered by calling the handler it 
 
 import asyncio
 import signal
-import time
 
 import httpx
 import pytest
@@ -12,23 +11,27 @@ import uvicorn
 from fastapi import FastAPI
 
 from ponder.server.cli import _server_class
+from tests.conftest import until
 
 
 class StubServing:
     def __init__(self, hang: bool = False):
-        self.draining, self.grace, self.hang = False, None, hang
+        self.draining, self.grace, self.hang = asyncio.Event(), None, hang
 
     async def drain(self, grace: float) -> None:
-        self.draining, self.grace = True, grace
+        self.grace = grace
+        self.draining.set()
         if self.hang:
             await asyncio.Event().wait()
 
 
-def slow_app(seconds: float) -> FastAPI:
+def slow_app(seconds: float, entered: asyncio.Event) -> FastAPI:
+    """A route that signals when a request is inside it, then takes `seconds`."""
     app = FastAPI()
 
     @app.get("/slow")
     async def slow() -> dict:
+        entered.set()
         await asyncio.sleep(seconds)
         return {"done": True}
 
@@ -46,34 +49,33 @@ async def start(app: FastAPI, stub: StubServing, grace: float):
 
 
 async def test_sigterm_drains_lets_running_requests_finish_and_stops_accepting():
-    stub = StubServing()
-    server, task, url = await start(slow_app(0.5), stub, grace=1.5)
+    stub, entered = StubServing(), asyncio.Event()
+    server, task, url = await start(slow_app(0.5, entered), stub, grace=1.5)
     async with httpx.AsyncClient(base_url=url) as c:
         running = asyncio.create_task(c.get("/slow"))
-        await asyncio.sleep(0.2)
+        await entered.wait()
         server.handle_exit(signal.SIGTERM, None)
         r = await running
         assert r.status_code == 200 and r.json() == {"done": True}
-        await asyncio.wait_for(task, 3)
-    assert stub.draining and stub.grace == 1.5 and not server.force_exit
+        await asyncio.wait_for(task, 10)
+    assert stub.draining.is_set() and stub.grace == 1.5 and not server.force_exit
     with pytest.raises(httpx.ConnectError):
         async with httpx.AsyncClient(base_url=url) as c:
             await c.get("/slow")
 
 
 async def test_a_second_signal_stops_at_once():
-    stub = StubServing(hang=True)
-    server, task, url = await start(slow_app(30), stub, grace=20)
+    stub, entered = StubServing(hang=True), asyncio.Event()
+    server, task, url = await start(slow_app(30, entered), stub, grace=20)
     async with httpx.AsyncClient(base_url=url) as c:
         running = asyncio.create_task(c.get("/slow"))
-        await asyncio.sleep(0.2)
+        await entered.wait()
         server.handle_exit(signal.SIGTERM, None)
-        await asyncio.sleep(0.3)
-        assert not task.done() and stub.draining  # the first signal waits for the drain
-        t0 = time.perf_counter()
+        await stub.draining.wait()
+        assert not task.done()  # the first signal waits for the drain (grace 20 s, request 30 s)
         server.handle_exit(signal.SIGINT, None)
-        await asyncio.wait_for(task, 2)
-        assert time.perf_counter() - t0 < 1.0 and server.force_exit
+        await asyncio.wait_for(task, 10)  # far under the grace: the second signal did not wait
+        assert server.force_exit
         try:  # its request was cancelled: uvicorn answers 500 or drops the connection
             assert (await asyncio.wait_for(running, 1)).status_code == 500
         except httpx.TransportError:
@@ -97,12 +99,10 @@ async def test_sigterm_ends_slow_requests_with_an_error_after_the_grace(tok):
     async with httpx.AsyncClient(timeout=10) as c:
         plain = asyncio.create_task(c.post(url, json=body))
         streamed = asyncio.create_task(c.post(url, json={**body, "stream": True}))
-        await asyncio.sleep(0.3)
-        t0 = time.perf_counter()
+        await until(lambda: serving.in_flight == 2)
         server.handle_exit(signal.SIGTERM, None)
         r, s = await plain, await streamed
-        await asyncio.wait_for(task, 5)
-    assert time.perf_counter() - t0 < 3
+        await asyncio.wait_for(task, 10)  # the engine would take 30 s: the drain's grace (0.3 s) ended them
     assert r.status_code == 503 and r.json()["error"]["code"] == "server_shutting_down"
     data = [line[6:] for line in s.text.splitlines() if line.startswith("data: ")]
     assert data[-1] == "[DONE]" and "server_shutting_down" in data[-2]

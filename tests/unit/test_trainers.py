@@ -33,6 +33,7 @@ def small(out, **kw) -> pretrain.PretrainConfig:
     return pretrain.PretrainConfig(**{**args, **kw})
 
 
+@pytest.mark.slow  # trains or spawns
 def test_pretrain_loss_falls_and_weights_change(tmp_path):
     cfg = small(tmp_path / "m")
     torch.manual_seed(cfg.seed)
@@ -56,6 +57,7 @@ def test_pretrain_loss_falls_and_weights_change(tmp_path):
     assert (tmp_path / "c" / "tokenizer.json").read_text() == (tmp_path / "m" / "tokenizer.json").read_text()
 
 
+@pytest.mark.slow  # trains or spawns
 def test_checkpoints_are_atomic_and_resume(tmp_path, monkeypatch):
     cfg = small(tmp_path / "r", steps=80)
     real = pretrain.batch_loss
@@ -81,6 +83,7 @@ def test_resumed_batches_match_an_unbroken_run(tok):
     assert all(torch.equal(x, y) for a, b in zip(unbroken, resumed) for x, y in zip(a, b))
 
 
+@pytest.mark.slow  # trains or spawns
 def test_cdpo_contrast_model_loss_falls_and_merged_weights_change(tmp_path):
     from ponder.trainers import cdpo
 
