@@ -34,7 +34,7 @@ from tqdm import tqdm
 from ponder import flags
 from ponder.tasks import arith
 from ponder.trainers.tokenizer import encode_example
-from ponder.trainers.toolbox import BF16_HELP, batch_loss, collate, native_bf16, save_atomic
+from ponder.trainers.toolbox import BF16_HELP, batch_loss, collate, declare_task, native_bf16, save_atomic
 
 
 @dataclass
@@ -115,8 +115,8 @@ def finetune(cfg: ContrastConfig, trajectories: list[dict], out: Path) -> dict:
                                  cfg))
         opt.step()
     changed = sum(int(not torch.equal(p.detach(), before[n])) for n, p in model.named_parameters() if n in before)
-    merged = model.merge_and_unload()
-    save_atomic(out, lambda d: (merged.save_pretrained(d), tok.save_pretrained(d)))
+    merged = model.merge_and_unload().to(torch.bfloat16)  # what vLLM serves it in; half the bytes
+    save_atomic(out, lambda d: (merged.save_pretrained(d), tok.save_pretrained(d), declare_task(d)))
     return {"trajectories": len(rows), "steps": len(steps), "loss_first": losses[0],
             "loss_last_10": sum(losses[-10:]) / len(losses[-10:]), "tensors_changed": changed,
             "tensors_trained": len(before)}

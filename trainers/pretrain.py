@@ -38,7 +38,16 @@ from ponder.tasks import arith
 from ponder.trainers import distributed
 from ponder.trainers.demo import DeMo, Signum
 from ponder.trainers.tokenizer import END, build_tokenizer, encode_example
-from ponder.trainers.toolbox import BF16_HELP, batch_loss, collate, count_targets, lr_at, native_bf16, save_atomic
+from ponder.trainers.toolbox import (
+    BF16_HELP,
+    batch_loss,
+    collate,
+    count_targets,
+    declare_task,
+    lr_at,
+    native_bf16,
+    save_atomic,
+)
 
 
 @dataclass(frozen=True)
@@ -277,6 +286,7 @@ def export(model: LlamaForCausalLM, tok: PreTrainedTokenizerFast, out: Path,
         do_sample=False, max_new_tokens=256)
     copy.deepcopy(model).to("cpu", torch.bfloat16).save_pretrained(out)
     tok.save_pretrained(out)
+    declare_task(out)
     record = {"config": asdict(cfg), "train_seconds": round(seconds, 1),
               "parameters": sum(p.numel() for p in model.parameters()),
               "loss_first_50": sum(losses[:50]) / max(1, len(losses[:50])),

@@ -7,6 +7,7 @@ from pathlib import Path
 import openai
 import pytest
 
+from ponder.tasks import MATH
 from ponder.testing import PonderServer
 from tests.conftest import ROOT
 
@@ -70,3 +71,10 @@ def test_strategies_that_cannot_run_say_why(client):
         ask(client, {"name": "self_consistency", "n": 2, "task": "free"})
     r = ask(client, {"name": "tournament", "n": 2, "task": "free", "judge_max_tokens": 64})
     assert r.ponder["info"][0]["answer"] is None and r.ponder["info"][0]["judge_calls"] == 2
+
+
+def test_the_readme_example_is_answered_correctly(client):
+    r = client.chat.completions.create(model=SMOLLM2.name, temperature=0.7, seed=1, messages=Q,
+                                       extra_body={"strategy": {"name": "tournament", "n": 8}})
+    assert MATH.correct(r.choices[0].message.content, 15), r.choices[0].message.content
+    assert r.ponder["info"][0]["verdicts"]["unread"] == 0
