@@ -108,6 +108,8 @@ class RemoteEngine:
             # vLLM's usage counts the prompt once for the call and every choice's completion tokens.
             prompt_tokens = (data.get("usage") or {}).get("prompt_tokens", 0)
             choices = sorted(data["choices"], key=lambda c: c.get("index", 0))
+            if len(choices) != n:
+                raise ValueError(f"{len(choices)} choices for n={n}")
             return [self._output(c, spec, prompt_tokens, None) for c in choices]
 
     async def score(self, prompt: Sequence[int], continuation: Sequence[int], request_id: str, *,

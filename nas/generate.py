@@ -171,6 +171,9 @@ def open_engine(cfg: DataConfig, max_model_len: int):
         os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
         os.environ.setdefault("OMP_NUM_THREADS", str(cfg.threads))
         engine_args["distributed_executor_backend"] = "uni"
+        import torch
+
+        torch.set_num_threads(cfg.threads)  # torch is already loaded: the variable alone comes too late
     return open_llm(cfg.parent, max_num_seqs=cfg.max_num_seqs, max_model_len=max_model_len,
                     kv_cache_gib=cfg.kv_cache_gib, seed=cfg.seed, dtype=cfg.dtype, **engine_args)
 

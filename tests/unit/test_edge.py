@@ -95,6 +95,16 @@ async def test_an_unexpected_error_is_a_500_with_an_id_in_the_log(serving, caplo
     assert logged and logged[0].levelno == logging.ERROR and logged[0].exc_info[0] is ZeroDivisionError
 
 
+async def test_a_value_error_inside_the_server_is_a_500_not_a_400(serving):
+    """Only the request's own faults (parameters, strategy, the engine refusing the input) are 400s."""
+    def broken():
+        raise ValueError("a bug, not the request")
+
+    serving.models = broken
+    async with client(serving) as c:
+        assert_error(await c.get("/v1/models"), 500, "server_error")
+
+
 @pytest.mark.parametrize("body,content_type", [
     (b"{not json", "application/json"),
     (b'{"model": "fake", "messages": [', "application/json"),

@@ -9,7 +9,8 @@ import pytest
 from ponder import strategies
 from ponder.engine.balancer import normalize_url
 from ponder.engine.protocol import EngineDeadError, EngineRequestError, SamplingSpec, collect
-from ponder.engine.remote import RemoteEngine, UpstreamError
+from ponder.engine.remote import RemoteEngine, UpstreamError, UpstreamReplyError
+from ponder.server.errors import from_exception
 from ponder.strategies.base import Context, Query
 from ponder.tasks import MATH
 from tests import fake_upstream
@@ -28,6 +29,7 @@ class Fleet:
         self.status: dict[str, int] = {}  # host -> status every completion answers
         self.health: dict[str, int] = {}  # host -> /health status (default 200)
         self.hold: asyncio.Event | None = None  # completions wait for it
+        self.garbage: dict[str, bytes] = {}  # host -> the body every completion answers with (200)
 
     async def __call__(self, request: httpx.Request) -> httpx.Response:
         host, path = request.url.host, request.url.path
@@ -45,6 +47,8 @@ class Fleet:
             await self.hold.wait()
         if host in self.status:
             return httpx.Response(self.status[host], json={"error": {"message": f"{host} says no"}})
+        if host in self.garbage:
+            return httpx.Response(200, content=self.garbage[host])
         if body.get("stream"):
             return httpx.Response(200, content="".join(fake_upstream.chunks(body)).encode())
         return httpx.Response(200, json=fake_upstream.completion(body))
@@ -234,3 +238,15 @@ def test_upstream_flags():
                 ["--upstream-health-interval", "nan"]):
         with pytest.raises(SystemExit):
             parse_args(["--model", "m", *(["--upstream", "http://a"] if bad[0] != "--upstream" else []), *bad])
+
+
+@pytest.mark.parametrize("body", [b"<html>proxy error</html>", b'{"choices": []}', b'{"no": "choices"}'])
+async def test_a_reply_that_is_not_vllms_json_is_an_upstream_error_not_the_clients(remote, fleet, body):
+    """Malformed upstream JSON is a 502 (EngineError), never a 400 telling the client not to retry."""
+    fleet.garbage = {"a": body, "b": body}
+    with pytest.raises(UpstreamReplyError):
+        await remote.sample(PROMPT, SPEC, 2, "g")
+    with pytest.raises(UpstreamReplyError):
+        await collect(remote.generate(PROMPT, SPEC, "h", stream=False))
+    err = from_exception(UpstreamReplyError("x"))
+    assert err.status == 502 and not err.retry
