@@ -169,10 +169,6 @@ class Balancer:
         if not any(r.up for r in self.replicas):
             raise EngineDeadError("no upstream is healthy: " + ", ".join(r.url for r in self.replicas))
 
-    @property
-    def is_dead(self) -> bool:
-        return False  # upstreams may come back; health checks say 503 meanwhile
-
     def num_unfinished(self) -> int:
         return sum(r.sequences for r in self.replicas)
 
@@ -183,77 +179,6 @@ class Balancer:
                 await self._watch
         await self.client.aclose()
         await self._health_client.aclose()
-
-    # ---- routing ----
-
-    def _pick(self, exclude: Replica | None = None) -> Replica | None:
-        """Fewest sequences in flight among replicas that are up (all, if none is); ties
-        round-robin. None when `exclude` is the only replica."""
-        self._start_watch()
-        others = [r for r in self.replicas if r is not exclude]
-        pool = [r for r in others if r.up] or others
-        if not pool:
-            return None
-        turn = next(self._turn)
-        n = len(pool)
-        return min(pool, key=lambda r: (r.sequences, (pool.index(r) - turn) % n))
-
-    async def _request(self, body: dict[str, Any], sequences: int) -> AsyncIterator[dict[str, Any]]:
-        """One call: its JSON answer, or each SSE chunk when `body["stream"]`. Sent once more to
-        another replica when it fails before anything was passed on (see the module notes)."""
-        failed: Replica | None = None
-        same_ok = False
-        for attempt in range(2):
-            r = self._pick(exclude=failed) or (failed if same_ok else None)
-            if r is None:
-                break
-            r.sequences += sequences
-            passed = False
-            try:
-                async with self.client.stream("POST", r.completions, json=body) as resp:
-                    if resp.status_code >= 400:
-                        await resp.aread()
-                        error: EngineError = _error_for(resp, r)
-                        if not _retryable_status(resp.status_code):
-                            raise error
-                    elif not body["stream"]:
-                        yield json.loads(await resp.aread())
-                        return
-                    else:
-                        async for line in resp.aiter_lines():
-                            if not line.startswith("data: ") or line == "data: [DONE]":
-                                continue
-                            data = json.loads(line[6:])
-                            if "error" in data:
-                                raise EngineError(data["error"].get("message", "upstream error"))
-                            passed = True
-                            yield data
-                        return
-            except RETRYABLE as e:
-                if passed:  # the caller has tokens from this replica: no second try
-                    raise EngineDeadError(f"upstream {r.url} failed mid-stream: {type(e).__name__}: {e}") from e
-                error = self._lost(r, e)
-                same_ok = isinstance(e, DROPPED)
-            except httpx.TransportError as e:
-                raise EngineDeadError(f"upstream {r.url} failed: {type(e).__name__}: {e}") from e
-            finally:
-                r.sequences -= sequences
-            failed = r
-            if attempt == 0:
-                log.info("upstream %s: %s; sending the call to another replica", r.url, error)
-        raise error
-
-    async def _call(self, body: dict[str, Any], sequences: int) -> dict[str, Any]:
-        """A non-streamed call's JSON answer."""
-        async with contextlib.aclosing(self._request(body, sequences)) as answers:
-            async for data in answers:
-                return data
-        raise EngineError("upstream sent no answer")
-
-    def _lost(self, r: Replica, e: Exception) -> EngineError:
-        if isinstance(e, (httpx.ConnectError, httpx.ConnectTimeout)):
-            r.up = False  # nobody there: out until its health check passes
-        return EngineDeadError(f"upstream {r.url} failed: {type(e).__name__}: {e}")
 
     # ---- routing ----
 
