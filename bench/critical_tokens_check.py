@@ -53,13 +53,13 @@ async def check(args) -> dict:
             ids = ctx.render(name, [{"role": "user", "content": p.question()}])
             query = Query(name, ids, p.question(), SamplingSpec(max_tokens=200, temperature=1.0, seed=i), ARITH)
             cand = await ctx.generate(name, ids, query.spec)
-            if arith.is_correct(cand.text, p.answer) or not cand.token_ids:
+            if ARITH.correct(cand.text, p.answer) or not cand.token_ids:
                 continue
             pos, neg = await asyncio.gather(ctx.score(f"{name}-pos", ids, cand.token_ids, 20),
                                             ctx.score(f"{name}-neg", ids, cand.token_ids, 20))
             s = contrastive_scores(pos, neg, beta=1.0)
             t_contrast = critical_position(s, 1.0)
-            success = await rollout_success(ctx, query, cand, lambda text, p=p: arith.is_correct(text, p.answer),
+            success = await rollout_success(ctx, query, cand, lambda text, p=p: ARITH.correct(text, p.answer),
                                             samples=args.samples)
             t_rollout = rollout_critical(success)
             fixed = await ctx.generate(name, ids + cand.token_ids[:t_contrast],
@@ -75,7 +75,7 @@ async def check(args) -> dict:
                          "same_line": t_rollout is not None and line(t_contrast) == line(t_rollout),
                          "first_wrong_line": wrong, "contrastive_line": line(t_contrast),
                          "rollout_line": line(t_rollout),
-                         "fixed": arith.is_correct(head + fixed.text, p.answer),
+                         "fixed": ARITH.correct(head + fixed.text, p.answer),
                          "token": tok.decode([cand.token_ids[t_contrast]]), "text": cand.text})
             print(json.dumps({k: v for k, v in rows[-1].items() if k != "text"}), flush=True)
     finally:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from ponder.tasks import arith
+from ponder.tasks import ARITH, arith
 from ponder.trainers.pretrain import PretrainConfig, make_batch
 from ponder.trainers.toolbox import count_targets
 
@@ -71,7 +71,7 @@ def evaluate(model_dir: Path, args: argparse.Namespace) -> dict:
     test = arith.dataset("test", args.problems)
     texts = generate(model, tok, [arith.forward_prompt(p.question()) for p in test], batch=64)
     return {"val_loss": val_loss(model, tok, cfg, args.val_batches),
-            "greedy": sum(arith.is_correct(t, p.answer) for t, p in zip(texts, test)) / len(test)}
+            "greedy": sum(ARITH.correct(t, p.answer) for t, p in zip(texts, test)) / len(test)}
 
 
 def curve(path: Path) -> list[dict]:

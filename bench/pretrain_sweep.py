@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from ponder.tasks import arith
+from ponder.tasks import ARITH, arith
 from ponder.trainers.pretrain import PretrainConfig, train
 from ponder.trainers.toolbox import native_bf16
 
@@ -57,18 +57,18 @@ def score(model_dir: Path, device: str, n_problems: int) -> dict[str, float]:
     rng = random.Random(0)
     res: dict[str, float] = {}
     fwd = generate(model, tok, [arith.forward_prompt(p.question()) for p in test])
-    res["greedy"] = sum(arith.is_correct(t, p.answer) for t, p in zip(fwd, test)) / len(test)
+    res["greedy"] = sum(ARITH.correct(t, p.answer) for t, p in zip(fwd, test)) / len(test)
     prompts = [arith.forward_prompt(p.question()) for p in test[:200]]
     samples = generate(model, tok, prompts, n=16, temperature=1.0)
     per = [samples[16 * i : 16 * i + 16] for i in range(200)]
-    res["pass@16"] = sum(any(arith.is_correct(t, p.answer) for t in s) for s, p in zip(per, test)) / 200
+    res["pass@16"] = sum(any(ARITH.correct(t, p.answer) for t in s) for s, p in zip(per, test)) / 200
     for temp in (1.0, 0.7):
         if temp != 1.0:
             samples = generate(model, tok, prompts, n=8, temperature=temp)
             per = [samples[8 * i : 8 * i + 8] for i in range(200)]
-        res[f"sample_acc_t{temp}"] = sum(arith.is_correct(t, p.answer) for s, p in zip(per, test)
+        res[f"sample_acc_t{temp}"] = sum(ARITH.correct(t, p.answer) for s, p in zip(per, test)
                                          for t in s[:8]) / 1600
-        maj = [Counter(a for t in s[:8] if (a := arith.extract_answer(t))).most_common(1) for s in per]
+        maj = [Counter(a for t in s[:8] if (a := ARITH.extract(t))).most_common(1) for s in per]
         res[f"maj@8_t{temp}"] = sum(bool(m) and int(m[0][0]) == p.answer for m, p in zip(maj, test)) / 200
     for order in (1, 2):
         prompts = []
@@ -78,10 +78,10 @@ def score(model_dir: Path, device: str, n_problems: int) -> dict[str, float]:
             prompts.append(arith.judge_prompt(p.question(), *pair))
         verdicts = generate(model, tok, prompts, max_new_tokens=200)
         res[f"judge_right_is_{order}"] = sum(
-            arith.extract_winner(v) == f"Solution {order}" for v in verdicts) / len(test)
+            ARITH.read_verdict(v) == order for v in verdicts) / len(test)
     masked = [rng.randrange(len(p.quantities)) for p in test]
     back = generate(model, tok, [arith.backward_prompt(p.backward_question(m)) for p, m in zip(test, masked)])
-    res["backward"] = sum(arith.is_correct(t, p.quantities[m]) for t, p, m in zip(back, test, masked)) / len(test)
+    res["backward"] = sum(ARITH.correct(t, p.quantities[m]) for t, p, m in zip(back, test, masked)) / len(test)
     bq = generate(model, tok, [arith.backward_question_prompt(p.question(), p.answer) for p in test[:200]])
     res["backward_question_valid"] = sum("x" in q.split() and q.endswith("What is x?") for q in bq) / 200
     return res

@@ -17,6 +17,9 @@ the way it does when solving, and the inverse computation does not share the
 forward one's slips. That is why a judge can beat greedy decoding (the premise
 of the knockout tournament).
 
+Grading is the task's (tasks/formats.py, ARITH): the answer after the last
+"Answer:" (ANSWER_RE), the verdict after "Winner:" (WINNER_RE).
+
 Two more formats pretrain a student "base model" that can read and compute but
 has never seen a problem solved (RevThink's student, trainers/revthink.py):
 `question` (write a word problem), `arithmetic` (drills of unrelated true
@@ -431,23 +434,7 @@ def example(problem: Problem, fmt: str, rng: random.Random) -> list[dict[str, st
     return [{"role": "user", "content": user}, {"role": "assistant", "content": reply}]
 
 
-def extract_answer(text: str) -> str | None:
-    """The number after the last "Answer:", or None."""
-    found = ANSWER_RE.findall(text)
-    return found[-1] if found else None
-
-
-def extract_winner(text: str) -> str | None:
-    found = WINNER_RE.findall(text)
-    return found[-1] if found else None
-
-
 def equations_hold(text: str) -> bool:
     """Whether every "a op b = c" line of a reasoning is true arithmetic."""
     return all(apply(m[2], int(m[1]), int(m[3])) == int(m[4])
                for m in (EQUATION_RE.fullmatch(line.strip()) for line in text.splitlines()) if m)
-
-
-def is_correct(text: str, answer: int) -> bool:
-    got = extract_answer(text)
-    return got is not None and int(got) == answer

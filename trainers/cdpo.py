@@ -32,7 +32,7 @@ import torch
 from tqdm import tqdm
 
 from ponder import flags
-from ponder.tasks import arith
+from ponder.tasks import ARITH, arith
 from ponder.trainers.tokenizer import encode_example
 from ponder.trainers.toolbox import BF16_HELP, batch_loss, collate, declare_task, native_bf16, save_atomic
 
@@ -78,7 +78,7 @@ async def sample(cfg: ContrastConfig) -> list[dict]:
             spec = SamplingSpec(max_tokens=256, temperature=cfg.temperature, seed=cfg.seed * 1_000_003 + i * 64 + j)
             out = await collect(engine.generate(list(ids), spec, f"cdpo-{i}-{j}", stream=False))
             return {"question": p.question(), "text": out.text, "token_ids": list(out.token_ids),
-                    "correct": arith.is_correct(out.text, p.answer)}
+                    "correct": ARITH.correct(out.text, p.answer)}
 
         jobs = [one(i, p, j) for i, p in enumerate(problems) for j in range(cfg.samples)]
         from tqdm.asyncio import tqdm as atqdm

@@ -45,7 +45,7 @@ import torch
 from tqdm import tqdm
 
 from ponder import flags
-from ponder.tasks import arith
+from ponder.tasks import ARITH, arith
 from ponder.tasks.formats import masked_quantity
 from ponder.trainers.tokenizer import encode_example
 from ponder.trainers.toolbox import BF16_HELP, batch_loss, collate, native_bf16, save_atomic, save_model
@@ -145,13 +145,13 @@ def drop_reason(item: dict, check: str = "exact") -> str | None:
     """Why an item is not kept (None: kept): the paper's two filters, then (where a task can
     check them) every equation of both reasonings, so the student is not taught an answer
     reached through a slip ("379 + 29 = 308" cancelled out by a later step)."""
-    if not arith.is_correct(item["forward"], item["answer"]):
+    if not ARITH.correct(item["forward"], item["answer"]):
         return "forward answer is not the gold answer"
     if check == "teacher":
         return None if item.get("teacher_check") else "teacher says the backward reasoning is inconsistent"
     if item["masked"] is None:
         return "backward question does not hide exactly one quantity of the question"
-    got = arith.extract_answer(item["backward"])
+    got = ARITH.extract(item["backward"])
     if got is None or got != item["masked"]:
         return "backward reasoning does not recover it"
     if not (arith.equations_hold(item["forward"]) and arith.equations_hold(item["backward"])):

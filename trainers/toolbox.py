@@ -17,6 +17,8 @@ from typing import Any, Protocol
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
+from ponder.tasks import MODEL_FILE
+
 IGNORE = -100
 
 
@@ -114,11 +116,18 @@ def save_atomic(folder: Path, write) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def declare_task(folder: Path, task: str = "arith") -> None:
+    """The ponder.json a model folder carries: the task whose formats it was trained on (all of
+    ponder's trainers train on the built-in arithmetic task), so `ponder serve` reads it that way."""
+    (folder / MODEL_FILE).write_text(json.dumps({"task": task}) + "\n")
+
+
 def save_model(out: Path, model, tok, record: dict) -> None:
     """A servable model folder, written atomically: weights, tokenizer and train_record.json."""
     def write(d: Path) -> None:
         model.save_pretrained(d)
         tok.save_pretrained(d)
+        declare_task(d)
         (d / "train_record.json").write_text(json.dumps(record, indent=2) + "\n")
 
     save_atomic(out, write)

@@ -6,7 +6,7 @@ import httpx
 import openai
 import pytest
 
-from ponder.tasks import arith
+from ponder.tasks import ARITH, arith
 from tests.conftest import NAME
 from tests.e2e.conftest import KEY
 
@@ -27,7 +27,7 @@ def test_models(client):
 def test_chat_plain_answers_in_format(client):
     r = client.chat.completions.create(model=MODEL, messages=ask(), temperature=0, max_tokens=200)
     assert r.choices[0].finish_reason == "stop"
-    assert arith.extract_answer(r.choices[0].message.content) is not None
+    assert ARITH.extract(r.choices[0].message.content) is not None
     assert r.usage.completion_tokens > 0 and r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
     assert r.ponder["strategy"] == "direct" and r.ponder["engine_calls"] == 1
 
@@ -36,7 +36,7 @@ async def test_async_client_concurrent(aclient):
     rs = await asyncio.gather(*(aclient.chat.completions.create(model=MODEL, messages=ask(p.question()),
                                                                 temperature=0, max_tokens=200)
                                 for p in PROBLEMS[:8]))
-    assert all(arith.extract_answer(r.choices[0].message.content) for r in rs)
+    assert all(ARITH.extract(r.choices[0].message.content) for r in rs)
 
 
 def test_streaming_direct_matches_non_streaming(client):
@@ -59,7 +59,7 @@ def test_every_strategy_streams_the_answer_it_returns(client, strategy):
               extra_body={"strategy": strategy, "return_trace": True})
     r = client.chat.completions.create(**kw)
     text = r.choices[0].message.content
-    assert arith.extract_answer(text) is not None
+    assert ARITH.extract(text) is not None
     # Candidates are one engine call (n samples), or one run each of a sampler strategy.
     assert r.ponder["strategy"] == strategy["name"]
     assert r.ponder["engine_calls"] >= (strategy["n"] if "sampler" in strategy else 1)
@@ -70,7 +70,7 @@ def test_every_strategy_streams_the_answer_it_returns(client, strategy):
     streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     final = chunks[-2]  # the chunk with finish_reason carries the ponder field
     assert final.choices[0].finish_reason and final.ponder["strategy"] == strategy["name"]
-    assert arith.extract_answer(streamed) == final.ponder["info"][0]["answer"]  # the chosen answer
+    assert ARITH.extract(streamed) == final.ponder["info"][0]["answer"]  # the chosen answer
     assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens >= len(client_tokenize(streamed))
 
 

@@ -135,7 +135,7 @@ async def test_a_strategy_runs_over_the_remote_engine(remote):
     ids = prompt(remote)
     strategy, params = strategies.resolve({"name": "tournament", "n": 4})
     res = await strategy.run(ctx, Query(NAME, tuple(ids), Q, SamplingSpec(max_tokens=200, seed=1), ARITH), params)
-    assert arith.extract_answer(res.choice.text) is not None and ctx.calls == 1 + res.info["judge_calls"]
+    assert ARITH.extract(res.choice.text) is not None and ctx.calls == 1 + res.info["judge_calls"]
 
 
 async def test_n_samples_in_one_call_are_distinct_seeded_and_reproducible(remote):

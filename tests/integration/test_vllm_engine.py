@@ -5,7 +5,7 @@ import asyncio
 import pytest
 
 from ponder.engine.protocol import SamplingSpec, collect
-from ponder.tasks import arith
+from ponder.tasks import ARITH, arith
 
 Q = arith.dataset("test", 1)[0].question()
 GREEDY = SamplingSpec(max_tokens=64, temperature=0.0)
@@ -109,9 +109,9 @@ async def test_committed_model_answers_in_format(engine, render):
     problems = arith.dataset("test", 40)
     outs = await asyncio.gather(*(gen(engine, render(p.question()), GREEDY.replace(max_tokens=200), f"fmt-{i}")
                                   for i, p in enumerate(problems)))
-    assert all(arith.extract_answer(o.text) is not None for o in outs)
+    assert all(ARITH.extract(o.text) is not None for o in outs)
     assert all(arith.EQUATION_RE.search(o.text) for o in outs)
-    assert sum(arith.is_correct(o.text, p.answer) for o, p in zip(outs, problems)) >= 10
+    assert sum(ARITH.correct(o.text, p.answer) for o, p in zip(outs, problems)) >= 10
 
 
 async def until_idle(engine, timeout: float = 5.0) -> None:

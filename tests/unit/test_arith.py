@@ -3,7 +3,7 @@ import re
 
 import pytest
 
-from ponder.tasks import arith
+from ponder.tasks import ARITH, arith
 from ponder.tasks.formats import masked_quantity
 
 
@@ -14,7 +14,7 @@ def train():
 
 def test_forward_solution_checks_out(train):
     for p in train:
-        assert arith.is_correct(p.forward_solution(), p.answer)
+        assert ARITH.correct(p.forward_solution(), p.answer)
         assert 2 <= len(p.steps) <= 5
         for s in p.steps:
             assert arith.apply(s.op, s.before, s.operand) == s.after
@@ -41,7 +41,7 @@ def test_backward_question_recovers_the_masked_quantity(train):
             assert re.search(r"\bx\b", q) and str(p.answer) in q
             # reverse_verify finds the masked number as the one the backward question lost
             assert masked_quantity(p.question(), q, str(p.answer)) == str(p.quantities[masked])
-            assert arith.is_correct(p.backward_solution(masked), p.quantities[masked])
+            assert ARITH.correct(p.backward_solution(masked), p.quantities[masked])
 
 
 def test_backward_solution_equations_are_right(train):
@@ -60,16 +60,16 @@ def test_judge_pairs_have_exactly_one_correct_side(train):
         s1 = prompt.split("Solution 1:\n")[1].split("\nSolution 2:")[0]
         s2 = prompt.split("Solution 2:\n")[1].split("\nWhich solution")[0]
         assert s1.splitlines()[0].startswith("A: ") and s2.splitlines()[0].startswith("P: ")
-        right = [arith.is_correct(s, p.answer) for s in (s1, s2)]
+        right = [ARITH.correct(s, p.answer) for s in (s1, s2)]
         assert sum(right) == 1
-        assert arith.extract_winner(verdict) == f"Solution {right.index(True) + 1}"
+        assert ARITH.read_verdict(verdict) == right.index(True) + 1
 
 
 def test_wrong_solution_has_one_slip_then_stays_consistent(train):
     rng = random.Random(1)
     for p in train[:100]:
         wrong = p.wrong_solution(rng)
-        assert not arith.is_correct(wrong, p.answer)
+        assert not ARITH.correct(wrong, p.answer)
         lines = wrong.splitlines()
         bad = [m for m in arith.EQUATION_RE.finditer(wrong)
                if arith.apply(m[2], int(m[1]), int(m[3])) != int(m[4])]
@@ -92,10 +92,10 @@ def test_judge_prompt_labels_each_line_once():
 
 
 def test_extraction():
-    assert arith.extract_answer("1 + 1 = 2\nAnswer: 2\nAnswer: 3") == "3"
-    assert arith.extract_answer("no answer") is None
-    assert arith.is_correct("Answer: 12", 12) and not arith.is_correct("Answer: 13", 12)
-    assert arith.extract_winner("Check 1: ...\nWinner: Solution 2") == "Solution 2"
+    assert ARITH.extract("1 + 1 = 2\nAnswer: 2\nAnswer: 3") == "3"
+    assert ARITH.extract("no answer") is None
+    assert ARITH.correct("Answer: 12", 12) and not ARITH.correct("Answer: 13", 12)
+    assert ARITH.read_verdict("Check 1: ...\nWinner: Solution 2") == 2
 
 
 def test_difficulty_knob():

@@ -11,18 +11,20 @@ from tests.conftest import ROOT
 
 # package -> the packages it may import. engine is the ground; strategies stand on it; tasks (formats,
 # generators, the eval harness) over strategies; server on top of those; trainers and nas beside it.
-# ponder.cli is the roof (it dispatches to every command); ponder.testing starts servers by command line.
+# ponder.cli is the roof (it dispatches to every command); ponder.testing starts servers by command line;
+# ponder.flags (config dataclass -> command line) is a leaf every command uses.
 ALLOWED = {
     "engine": set(),
     "strategies": {"engine"},
     "tasks": {"engine", "strategies", "testing", "models"},
-    "server": {"engine", "strategies", "tasks", "models"},
-    "trainers": {"engine", "tasks", "models"},
-    "nas": {"engine", "tasks", "trainers", "models"},
+    "server": {"engine", "strategies", "tasks", "models", "flags"},
+    "trainers": {"engine", "tasks", "models", "flags"},
+    "nas": {"engine", "tasks", "trainers", "models", "flags"},
     "clients": set(),
     "models": set(),
     "testing": {"models"},
     "gguf": set(),
+    "flags": set(),
     "cli": {"server", "tasks", "trainers", "nas", "gguf"},
     "__main__": {"cli"},
 }

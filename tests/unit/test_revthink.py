@@ -13,7 +13,7 @@ from transformers import LlamaForCausalLM
 
 from ponder.server.app import create_app
 from ponder.server.serving import Limits, OpenAIServing
-from ponder.tasks import arith
+from ponder.tasks import ARITH, arith
 from ponder.trainers import revthink
 from ponder.trainers.pretrain import ModelPreset
 from tests.fake_engine import FakeEngine
@@ -51,7 +51,7 @@ async def test_data_keeps_only_consistent_items_and_resumes(tok, tmp_path):
         asked = len(engine.calls)
         assert rec["asked"] == 6 and rec["kept"] == 4 and asked == 18  # three calls per item
         kept = [json.loads(line) for line in (tmp_path / "kept.jsonl").read_text().splitlines()]
-        assert all(revthink.drop_reason(k) is None and arith.is_correct(k["forward"], k["answer"]) for k in kept)
+        assert all(revthink.drop_reason(k) is None and ARITH.correct(k["forward"], k["answer"]) for k in kept)
         dropped = [json.loads(line) for line in (tmp_path / "dropped.jsonl").read_text().splitlines()]
         assert {d["dropped"] for d in dropped} == {"forward answer is not the gold answer"}
         tokens = rec["teacher_tokens"]  # summed from each item's own usage, so it survives a resume
@@ -72,7 +72,7 @@ def test_an_answer_reached_through_a_false_equation_is_dropped():
     a, op, b, _, c = first.split()
     slipped = f"{a} {op} {b} = {int(c) + 1}"  # the next line still reads the right value: answer unchanged
     item["forward"] = p.forward_solution().replace(first, slipped, 1)
-    assert arith.is_correct(item["forward"], p.answer)
+    assert ARITH.correct(item["forward"], p.answer)
     assert revthink.drop_reason(item) == "a reasoning has a false equation"
 
 
