@@ -1,10 +1,11 @@
 """The Engine protocol: the one seam between ponder and a model server.
 
 The strategies, the eval harness and the trainers talk to an `Engine`, and so
-does the HTTP server; the types live here, beside the strategies that use them,
-so none of those imports the server. `ponder.server.engine` implements them
-(`VllmEngine` is the one module that imports vLLM's engine; `RemoteEngine`).
-Data crossing the seam is plain frozen dataclasses.
+does the HTTP server; the types live here, at the ground floor with their
+implementations (`vllm_engine.VllmEngine`, the one module that imports vLLM's
+engine; `remote.RemoteEngine`), and import nothing of ponder above them (like
+vLLM's own `vllm/engine/protocol.py`). Data crossing the seam is plain frozen
+dataclasses.
 """
 
 from __future__ import annotations

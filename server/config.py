@@ -45,7 +45,7 @@ class ServeConfig:
     port: int = field(default=8000, metadata={"help": "port to bind"})
     api_key: str | None = field(default=None, metadata={
         "help": "require 'Authorization: Bearer KEY' on every /v1 path"})
-    task: str = field(default="math", metadata={
+    task: str = field(default=tasks.DEFAULT, metadata={
         "help": "task whose formats (answers, judge, backward questions) the strategies use for models that declare "
                 "none in a ponder.json beside their weights (ponder's own models declare 'arith'); a request's "
                 "strategy.task wins; one of " + ", ".join(tasks.TASKS)})

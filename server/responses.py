@@ -59,7 +59,8 @@ def usage(ctx: Context, results: list[Result]) -> Usage:
 
 
 def ponder_field(p: Prepared, ctx: Context, results: list[Result]) -> dict[str, Any]:
-    out: dict[str, Any] = {"strategy": p.strategy.name, "params": p.params.as_dict(), "engine_calls": ctx.calls}
+    out: dict[str, Any] = {"strategy": p.strategy.name, "params": p.params.as_dict(), "task": p.queries[0].task.name,
+                           "engine_calls": ctx.calls}
     if any(r.info for r in results):
         out["info"] = [r.info for r in results]
     if p.return_trace:

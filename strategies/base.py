@@ -14,7 +14,7 @@ import asyncio
 import itertools
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from ponder.engine.protocol import Engine, Output, SamplingSpec, TokenLogprob, collect, render_chat
@@ -62,8 +62,6 @@ class Query:
     live: int | None = None  # a top-level run answering choice i streams its answer as it is made
 
     def but(self, **changes: Any) -> Query:
-        from dataclasses import replace
-
         return replace(self, **changes)
 
 
