@@ -12,7 +12,8 @@ of its difference to greedy (Newcombe, method 10), completion tokens per
 question, the share of the tournament's judge calls whose verdict was read
 (written in the task's format, or read from the log-probabilities of its two
 verdicts), the share of candidates whose answer was extracted, and the
-requests that failed. Writes <out>.json and <out>.png, prints the markdown table.
+requests that failed. Writes <out>.json and <out>.png, prints the markdown table; a rerun with the
+same settings keeps the rows already in <out>.json (--rerun names rows to measure again).
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ def reads(rows: list[dict[str, Any]], n: int) -> dict[str, Any]:
             "errors": sum(1 for r in rows if "error" in r)}
 
 
-def measure(a: argparse.Namespace) -> list[dict[str, Any]]:
+def measure(a: argparse.Namespace, done: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Greedy and each strategy, in that order; a row in `done` (an earlier run's, same settings) is kept."""
     server = PonderServer(models=[a.model], timeout=600)
     try:
         base = dict(base_url=server.base_url, data=a.data, limit=a.limit, max_tokens=a.max_tokens, seed=a.seed,
@@ -52,6 +54,9 @@ def measure(a: argparse.Namespace) -> list[dict[str, Any]]:
                                 temperature=a.temperature)) for s in STRATEGIES]
         out = []
         for label, cfg in runs:
+            if label in done and label not in a.rerun:
+                out.append(done[label])
+                continue
             rec = asyncio.run(evaluate(cfg))
             row = {"label": label, "params": cfg.params, "task": cfg.formats().name, "accuracy": rec["accuracy"],
                    "ci95": rec["ci95"], "correct": [int(r["ok"][0]) for r in rec["rows"]],
@@ -119,13 +124,18 @@ def main() -> None:
     ap.add_argument("--param", action="append", default=[], metavar="STRATEGY=JSON",
                     help='extra parameters of one strategy, e.g. tournament={"judge_max_tokens": 128}')
     ap.add_argument("--out", required=True, help="path prefix of the .json and .png written")
+    ap.add_argument("--rerun", default="", help="comma-separated rows to measure again although <out>.json "
+                    "has them (rows of an earlier run with the same settings are kept, the others measured)")
     a = ap.parse_args()
     a.params = dict(p.split("=", 1) for p in a.param)
-    rows = measure(a)
+    a.rerun = set(filter(None, a.rerun.split(",")))
     out = Path(a.out)
+    settings = {k: v for k, v in vars(a).items() if k != "rerun"}
+    old = json.loads(out.with_suffix(".json").read_text()) if out.with_suffix(".json").exists() else {}
+    done = {r["label"]: r for r in old.get("rows", [])} if old.get("args") == settings else {}
+    rows = measure(a, done)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps({"args": {k: v for k, v in vars(a).items()}, "rows": rows},
-                                                   indent=1) + "\n")
+    out.with_suffix(".json").write_text(json.dumps({"args": settings, "rows": rows}, indent=1) + "\n")
     plot(rows, f"{Path(a.model).name}, {a.data} ({rows[0]['task']} task), N={a.n}, T={a.temperature}, "
                f"{a.limit} questions", out.with_suffix(".png"))
     print(table(rows))

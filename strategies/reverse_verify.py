@@ -56,15 +56,18 @@ class Params(StrategyParams):
                              "question; use 'mask'")
 
 
+PSEUDO = 0.5  # backward pseudo-count per answer (see fobar)
+
+
 def fobar(votes: dict[str, float], verified: dict[str, int], alpha: float) -> dict[str, float]:
-    """Weighted geometric mean of forward and backward shares (uniform backward if none verified)."""
+    """Weighted geometric mean of forward and backward shares. The backward share is smoothed with half a
+    pseudo-count per answer (Jeffreys' prior): unsmoothed, one lucky verification of a wrong answer zeroes every
+    answer no backward solution verified, whatever its votes (measured on SmolLM2: 0.29 against greedy's
+    0.43); with none verified anywhere, the backward shares are equal and the votes decide."""
     n_votes = sum(votes.values()) or 1.0
-    n_ver = sum(verified.values())
-    out = {}
-    for a, v in votes.items():
-        back = verified.get(a, 0) / n_ver if n_ver else 1.0
-        out[a] = (v / n_votes) ** alpha * back ** (1 - alpha)
-    return out
+    n_ver = sum(verified.get(a, 0) for a in votes) + PSEUDO * len(votes)
+    return {a: (v / n_votes) ** alpha * ((verified.get(a, 0) + PSEUDO) / n_ver) ** (1 - alpha)
+            for a, v in votes.items()}
 
 
 async def run(ctx: Context, query: Query, params: Params) -> Result:

@@ -17,7 +17,10 @@ The judge's prompt and verdict format are the request's task's. A verdict is
 always read: the judge reasons freely and writes its verdict; where it wrote
 none in the task's format (a model that does not follow it), the verdict is read
 under constraint instead, from the log-probabilities of the task's two verdicts
-after the judge's own reasoning (`judge: "logprob"` reads every verdict so).
+after the judge's own reasoning (`judge: "logprob"` reads every verdict so). The
+verdicts of a pair read that way count together, by their margin averaged over
+both orders, so a judge's preference for a position cancels out instead of
+making each such game a tie for the coin.
 How each verdict was read is counted and reported ("written", "constrained";
 "unread" only when the judge's prompt does not fit the context), so a fallback
 never passes for a decision.
@@ -152,7 +155,7 @@ async def run(ctx: Context, query: Query, params: Params) -> Result:
             rounds.append({"games": games, "bye": bye})
         winner = players[0]
     judged = [g for r in rounds for g in r["games"] if g["calls"]]
-    agreement = _mean([max(g.get("agreement", g["score"])) / len(g["calls"]) for g in judged])
+    agreement = _mean([max(g["agreement"]) / len(g["calls"]) for g in judged])
     p_gen = _mean([a is not None and a == answers[winner] for a in answers])
     info = {"winner": winner, "answer": answers[winner], "judge_calls": judge.calls, "verdicts": dict(judge.read),
             "unextracted": answers.count(None), "judge_agreement": agreement, "p_gen_est": p_gen,
@@ -199,24 +202,29 @@ class _Judge:
         per = self.params.per_order
         orders = [(a, b)] * per + [(b, a)] * per
         first, second = await asyncio.gather(self._call(a, b, per), self._call(b, a, per))
-        score, margins = [0.0, 0.0], []
+        score, tally, margins = [0.0, 0.0], [0.0, 0.0], []
         for (x, y), call in zip(orders, first + second):
             if call is None:
                 continue
-            if call["margin"] is not None:  # log p(Solution 1) - log p(Solution 2), for solution x
-                margins.append(call["margin"] if x == a else -call["margin"])
             s1, s2 = SCORES[call["verdict"]]
-            score[0] += s1 if x == a else s2
-            score[1] += s2 if x == a else s1
+            tally[0] += s1 if x == a else s2  # every call's own verdict, for the judge's agreement
+            tally[1] += s2 if x == a else s1
+            if call["read"] == "constrained":  # log p(Solution 1) - log p(Solution 2), for solution x
+                margins.append(call["margin"] if x == a else -call["margin"])
+            else:
+                score[0] += s1 if x == a else s2
+                score[1] += s2 if x == a else s1
             game["calls"].append({"order": [x, y], **call})
         if not game["calls"]:
             game["skipped"] = "judge prompt longer than the context"
-        game["score"] = (score[0], score[1])
-        if self.params.judge == "logprob" and margins:
-            # Averaged over both orders, a judge's preference for a position cancels out.
+        if margins:
+            # Verdicts read from log-probs count together, by their margin averaged over both orders:
+            # a judge's preference for a position cancels instead of turning each game into a tie.
             game["margin"] = sum(margins) / len(margins)
-            game["score"] = (1.0, 0.0) if game["margin"] > 0 else (0.0, 1.0) if game["margin"] < 0 else (0.5, 0.5)
-            game["agreement"] = score
+            k = len(margins)
+            score[0] += k if game["margin"] > 0 else 0 if game["margin"] < 0 else k / 2
+            score[1] += k if game["margin"] < 0 else 0 if game["margin"] > 0 else k / 2
+        game["score"], game["agreement"] = (score[0], score[1]), (tally[0], tally[1])
         return game
 
     async def _call(self, x: int, y: int, n: int) -> list[dict[str, Any] | None]:

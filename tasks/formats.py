@@ -147,8 +147,7 @@ FOBAR_TEMPLATE = ("{masked_question} If we know the answer to the above question
 ARITH = ArithTask(
     name="arith", description="ponder's built-in arithmetic task: 'Answer: N', its trained judge and backward "
     "formats (the task ponder's own models declare in their ponder.json)",
-    extractor=lambda text: (arith.ANSWER_RE.findall(text) or [None])[-1], judge_template=arith.JUDGE_TEMPLATE,
-    verdict_re=arith.WINNER_RE,
+    extractor=lambda text: (arith.ANSWER_RE.findall(text) or [None])[-1], verdict_re=arith.WINNER_RE,
     verdict_lead="Winner: Solution ", backward_template=arith.MASK_TEMPLATE,
     backward_question_template=arith.BACKWARD_QUESTION_TEMPLATE, backward_solve_template=arith.BACKWARD_TEMPLATE)
 MATH = Task(

@@ -116,3 +116,26 @@ async def test_the_free_task_judges_whole_replies_and_refuses_votes(tok):
     _, params = strategies.resolve({"name": "reverse_verify"})
     with pytest.raises(ValueError, match="no backward questions"):
         params.check_task(CHOICE)
+
+
+async def test_log_prob_verdicts_are_averaged_over_both_orders(tok):
+    """A judge that always prefers the first position (by 3 nats) and the right answer by only 1: each
+    call read alone says "Solution 1", a tie for the coin; averaged over both orders, the 7 wins."""
+    eng = engine(tok)
+    one, two = (tok.encode(f"<winner>Solution {d}", add_special_tokens=False) for d in (1, 2))
+    d = next(i for i, (p, q) in enumerate(zip(one, two)) if p != q)
+
+    async def biased(prompt, continuation, rid, *, model=None, top_logprobs=0):
+        first = tok.decode(list(prompt)).split("## Solution 1")[1].split("## Solution 2")[0]
+        lp = {one[d]: -1.0, two[d]: -1.0 - (3.0 + (1.0 if "7" in first else -1.0))}
+        return [TokenLogprob(t, "", lp.get(t, -9.0), tuple((k, "", v) for k, v in lp.items())) for t in continuation]
+
+    eng.score = biased
+    ctx = Context(lambda m: (eng, None), "req")
+    ids = ctx.render("fake", [{"role": "user", "content": QUESTION}])
+    strategy, params = strategies.resolve({"name": "tournament", "n": 6, "k": 2})
+    result = await strategy.run(ctx, Query("fake", ids, QUESTION, SamplingSpec(max_tokens=64, seed=2), MATH), params)
+    games = [g for r in result.trace["rounds"] for g in r["games"] if g["calls"]]
+    assert games and all(g["agreement"] == (1.0, 1.0) for g in games)  # every call alone: position 1
+    assert all(abs(g["margin"]) == pytest.approx(1.0) for g in games)
+    assert result.info["answer"] == "7"
