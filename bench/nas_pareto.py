@@ -4,13 +4,13 @@
 
 Needs a run folder through `ponder nas mip`. For the parent, the MIP child of
 each throughput target (its first architecture), and the uniform baseline of
-the same target, all distilled the same way (BLD, then GKD with --gkd_steps),
+the same target, all distilled the same way (BLD, then GKD with --gkd-steps),
 plus each MIP child with BLD only (what GKD adds):
   - greedy accuracy on --problems held-out test problems, through vLLM;
-  - decode throughput through vLLM at --batch_size sequences, as a ratio to the
+  - decode throughput through vLLM at --batch-size sequences, as a ratio to the
     parent's measured in the same run. The parent is measured first and last;
     the gap between its two numbers is this machine's noise in that run;
-  - the parent's decode step time at each of --step_batches, which shows
+  - the parent's decode step time at each of --step-batches, which shows
     whether compute or vLLM's per-step overhead dominates at the chosen batch.
 Each model runs in its own process (one vLLM engine each) and is cached under
 run/bench/, so a rerun only measures what is missing.

@@ -6,7 +6,7 @@ Each step is a command over one run folder, cached on disk and resumable:
     ponder nas space  --parent models/ponder-small --run runs/nas   # 1. the menu per layer, parent-initialised
     ponder nas bld    --run runs/nas                               # 2. blockwise local distillation
     ponder nas score  --run runs/nas                               # 3. replace-one-block KL (+ accuracy)
-    ponder nas costs  --run runs/nas --batch_size 64               # 4. prefill/decode time per variant on vLLM
+    ponder nas costs  --run runs/nas --batch-size 64               # 4. prefill/decode time per variant on vLLM
     ponder nas mip    --run runs/nas --speedups 1.25,1.5,2.0       # 5. one variant per sub-block (HiGHS)
     ponder nas gkd    --run runs/nas --child x1.50                 # 6. global distillation of a child
     ponder nas export --run runs/nas --child x1.50 --out models/ponder-small-puzzle   # 7. DeciLM checkpoint

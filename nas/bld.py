@@ -10,6 +10,8 @@ reproduce what the parent's sub-block adds there (Puzzle, arXiv:2411.19146, step
 
 so a no-op scores exactly 1 and the parent's own block 0. Attention and FFN
 variants are trained decoupled (each on its own sub-block's input and target).
+The text is the run's stored parent replies when `ponder nas data` has run
+(rows cropped to --max-len tokens), else the task's --mix.
 
 How it parallelises: blocks never see each other, so one parent forward per
 batch feeds every variant at once (one optimiser over all of them; AdamW and
@@ -35,6 +37,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
+from ponder import flags
 from ponder.nas import data
 from ponder.nas.decilm import BlockConfig, HeteroLlama, Layer
 from ponder.nas.space import Space, Variant
@@ -49,7 +52,9 @@ class BldConfig:
     lr: float = field(default=1e-3, metadata={"help": "peak learning rate (AdamW)"})
     min_lr_ratio: float = field(default=0.1, metadata={"help": "cosine floor as a fraction of lr"})
     warmup: int = field(default=20, metadata={"help": "linear warm-up steps"})
-    mix: str = field(default=data.DEFAULT_MIX, metadata={"help": "format=weight,... of the task text"})
+    mix: str = field(default=data.DEFAULT_MIX, metadata={
+        "help": "format=weight,... of the task text (runs without stored data)"})
+    max_len: int = field(default=0, metadata={"help": "crop each row to this many tokens (0: whole rows)"})
     only: str = field(default="", metadata={
         "help": "train only variants whose key starts with one of these comma-separated prefixes ('3.ffn')"})
     seed: int = field(default=0, metadata={"help": "seeds the batches"})
@@ -118,7 +123,8 @@ def train(cfg: BldConfig) -> Path:
             print(f"{out} is done")
             return out
         raise SystemExit(f"ponder nas: {out} was trained with other settings ({done_with}); remove it to retrain")
-    parent, tok, scores = space.parent(), space.tokenizer(), space.scores()
+    parent, scores = space.parent(), space.scores()
+    text = space.text(cfg.mix, cfg.max_len)
     parent.requires_grad_(False)
     todo = trainable(space, cfg)
     layers = {v.key: space.init(parent, v, scores) for v in todo}
@@ -133,7 +139,9 @@ def train(cfg: BldConfig) -> Path:
         opt.load_state_dict(state["optimizer"])
         start, losses, spent = state["step"], state["losses"], state["seconds"]
         print(f"resuming {out} at step {start}")
-    print(f"BLD {cfg.shard or '0/1'}: {len(todo)} variants, config {json.dumps(asdict(cfg))}")
+    n_params = sum(p.numel() for layer in layers.values() for p in layer.parameters())
+    print(f"BLD {cfg.shard or '0/1'}: {len(todo)} variants ({n_params / 1e6:.1f}M parameters) on {text.source} "
+          f"text, config {json.dumps(asdict(cfg))}", flush=True)
 
     def checkpoint(step: int) -> None:
         def write(d: Path) -> None:
@@ -141,17 +149,20 @@ def train(cfg: BldConfig) -> Path:
             torch.save({"step": step, "optimizer": opt.state_dict(), "losses": losses,
                         "seconds": spent + time.time() - t0}, d / "state.pt")
         save_atomic(ckpt, write)
+        done = step - start
+        print(f"checkpoint at step {step}: {(time.time() - t0) / max(1, done):.1f} s/step this session", flush=True)
 
     t0 = time.time()
     i, _ = cfg.shard_index()
-    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=f"bld {cfg.shard or '0/1'}", position=i)
+    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=f"bld {cfg.shard or '0/1'}", position=i,
+               mininterval=30)
     for step in bar:
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg)
-        batch = data.train_batch(tok, step, cfg.seed, cfg.batch_size, cfg.mix)
+        batch = text.train_batch(step, cfg.seed, cfg.batch_size)
         trace: dict = {}
         with torch.no_grad():
-            run = parent(batch.ids, trace=trace)
+            run = parent(batch.ids, trace=trace, head=False)
         mask = batch.token_mask()[..., None]
         opt.zero_grad(set_to_none=True)
         total = torch.zeros(())
@@ -239,9 +250,7 @@ def assemble(parent: HeteroLlama, choice: list[dict[str, str]], variants: dict[s
 
 
 def main(argv: list[str] | None = None) -> None:
-    from transformers import HfArgumentParser
-
-    (cfg,) = HfArgumentParser(BldConfig).parse_args_into_dataclasses(argv)
+    cfg = flags.parse(BldConfig, argv, "ponder nas bld", __doc__)
     if cfg.workers > 1 and not cfg.shard:
         run_workers(cfg)
     else:

@@ -1,6 +1,6 @@
 """Puzzle step 4: what each variant costs, measured on vLLM (the target), not counted.
 
-    ponder nas costs --run runs/nas --batch_size 64
+    ponder nas costs --run runs/nas --batch-size 64
 
 vLLM serves a whole model, so a sub-block is timed inside probe models built
 for it: a stem (layer 0: the parent's attention, no FFN) followed by K layers
@@ -39,8 +39,9 @@ from typing import Any
 
 import torch
 
+from ponder import flags
 from ponder.nas.decilm import BlockConfig, HeteroConfig, HeteroLlama, save_weights, sub_block_params
-from ponder.nas.export import copy_tokenizer, write_config
+from ponder.nas.folders import copy_tokenizer, write_config
 from ponder.nas.space import Space
 
 
@@ -220,9 +221,7 @@ def print_table(record: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from transformers import HfArgumentParser
-
-    (cfg,) = HfArgumentParser(CostConfig).parse_args_into_dataclasses(argv)
+    cfg = flags.parse(CostConfig, argv, "ponder nas costs", __doc__)
     print(f"config: {json.dumps(asdict(cfg))}")
     costs(cfg)
 

@@ -151,8 +151,12 @@ def train_batch(tok, step: int, seed: int, batch_size: int, mix: str, stored: St
 
 def heldout(tok, n: int, batch_size: int, mix: str, seed: int = 0, stored: Stored | None = None,
             max_len: int = 0) -> list[Batch]:
-    """A fixed held-out set: the first n stored held-out rows, or n examples of the task's val split."""
-    rows = list(stored.heldout[:n]) if stored is not None else examples(tok, "val", n, str(seed), mix)
+    """A fixed held-out set: n stored held-out rows spread evenly over them (they come source by
+    source, so every source keeps its share), or n examples of the task's val split."""
+    if stored is not None:
+        rows = [stored.heldout[i * len(stored.heldout) // n] for i in range(min(n, len(stored.heldout)))]
+    else:
+        rows = examples(tok, "val", n, str(seed), mix)
     return batches(crop(rows, max_len), tok.pad_token_id, batch_size)
 
 

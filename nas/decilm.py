@@ -108,7 +108,13 @@ class HeteroConfig:
                    blocks=blocks, rms_norm_eps=cfg.get("rms_norm_eps", 1e-6), rope_theta=rope["rope_theta"],
                    max_position_embeddings=cfg.get("max_position_embeddings", 1024),
                    tie_word_embeddings=cfg.get("tie_word_embeddings", False),  # transformers' default
-                   extra={k: cfg[k] for k in PASSTHROUGH if k in cfg})
+                   extra={k: cfg[k] for k in PASSTHROUGH if k in cfg}
+                   | ({"dtype": cfg["torch_dtype"]} if "torch_dtype" in cfg and "dtype" not in cfg else {}))
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype the checkpoint is stored (and, by vLLM's "auto", served) in."""
+        return getattr(torch, str(self.extra.get("dtype", "float32")).removeprefix("torch."))
 
     def to_decilm_json(self) -> dict[str, Any]:
         """config.json of a DeciLM checkpoint; the AutoConfig class file sits beside it (see export)."""
@@ -258,7 +264,7 @@ class Layer(nn.Module):
 
 @dataclass
 class ForwardOut:
-    logits: torch.Tensor  # [B, T, V]
+    logits: torch.Tensor | None  # [B, T, V]; None when the LM head was skipped
     hidden: list[torch.Tensor]  # the residual stream after each layer, [B, T, H] each
     rope: tuple[torch.Tensor, torch.Tensor]
     mask: torch.Tensor | None  # the attention mask the layers saw ([B, 1, T, T] bool), None: causal
@@ -290,10 +296,13 @@ class HeteroLlama(nn.Module):
         """The config of the layers as they are now (sub-blocks may have been swapped)."""
         return replace(self.cfg, blocks=tuple(layer.block for layer in self.layers))
 
-    def forward(self, ids: torch.Tensor, mask: torch.Tensor | None = None, trace: dict | None = None) -> ForwardOut:
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor | None = None, trace: dict | None = None,
+                head: bool = True) -> ForwardOut:
         """ids [B, T]; mask [B, T] (1 = token, 0 = left padding) or None (no padding, or right
         padding, which causal attention never sees). `trace` collects {(layer, kind): (input,
-        delta)} of every sub-block."""
+        delta)} of every sub-block. head=False skips the LM head (logits None): BLD and the
+        channel ranking read only the layers, and a 49k-token vocabulary's head is a fifth of
+        a 135M model's compute."""
         b, t = ids.shape
         if mask is None:
             positions = torch.arange(t, device=ids.device).expand(b, t)
@@ -312,19 +321,28 @@ class HeteroLlama(nn.Module):
         for i, layer in enumerate(self.layers):
             x = layer(x, rope, attn_mask, trace, i)
             hidden.append(x)
-        return ForwardOut(logits=self.lm_head(self.model.norm(x)), hidden=hidden, rope=rope, mask=attn_mask)
+        logits = self.lm_head(self.model.norm(x)) if head else None
+        return ForwardOut(logits=logits, hidden=hidden, rope=rope, mask=attn_mask)
+
+    def forward_from(self, start: int, x: torch.Tensor, rope, mask) -> torch.Tensor:
+        """Logits from the residual stream x entering layer `start` ([B, T, H]; rope and mask as
+        forward() made them): the layers below are not run again."""
+        for layer in self.layers[start:]:
+            x = layer(x, rope, mask)
+        return self.lm_head(self.model.norm(x))
 
 
-def state_dict_to_save(model: HeteroLlama) -> dict[str, torch.Tensor]:
-    """Hugging Face names; a tied LM head is left out (vLLM and transformers re-tie it)."""
-    sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+def state_dict_to_save(model: HeteroLlama, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    """Hugging Face names, in `dtype` (None: as they are); a tied LM head is left out (vLLM and
+    transformers re-tie it)."""
+    sd = {k: v.detach().to(dtype or v.dtype).contiguous().cpu() for k, v in model.state_dict().items()}
     if model.cfg.tie_word_embeddings:
         sd.pop("lm_head.weight", None)
     return sd
 
 
-def save_weights(model: HeteroLlama, path: Path) -> None:
-    save_file(state_dict_to_save(model), str(path), metadata={"format": "pt"})
+def save_weights(model: HeteroLlama, path: Path, dtype: torch.dtype | None = None) -> None:
+    save_file(state_dict_to_save(model, dtype), str(path), metadata={"format": "pt"})
 
 
 def load_weights(model: HeteroLlama, *files: Path) -> HeteroLlama:

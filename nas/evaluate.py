@@ -1,4 +1,4 @@
-"""How close a model stays to its parent: KL on task text, and greedy task accuracy.
+"""How close a model stays to its parent: KL on held-out text, and greedy task accuracy.
 
 Pure PyTorch on HeteroLlama, no engine: scoring, GKD's validation and the
 bench's BLD-vs-GKD comparison all use it. Accuracy through vLLM is the
@@ -8,13 +8,14 @@ matches vLLM's (tests/integration/test_nas_vllm.py).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
 from ponder.nas.data import Batch
 from ponder.nas.decilm import HeteroLlama
 from ponder.tasks import arith
-from ponder.trainers.tokenizer import END
 
 
 def kl_per_token(ref_logp: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
@@ -28,13 +29,40 @@ def reference(parent: HeteroLlama, batches: list[Batch]) -> list[torch.Tensor]:
     return [F.log_softmax(parent(b.ids).logits.float(), dim=-1) for b in batches]
 
 
+@dataclass(frozen=True)
+class LayerInputs:
+    """The parent's residual stream entering each of its layers on one batch, kept so that a model
+    differing from the parent only from layer i on is run from layer i (replace-one-block scoring:
+    on average half the layers)."""
+
+    inputs: list[torch.Tensor]  # per layer, [B, T, H]
+    rope: tuple[torch.Tensor, torch.Tensor]
+    mask: torch.Tensor | None
+
+
 @torch.no_grad()
-def mean_kl(model: HeteroLlama, batches: list[Batch], ref: list[torch.Tensor]) -> float:
-    """Mean KL(parent || model) per reply token over the batches."""
+def layer_inputs(parent: HeteroLlama, batches: list[Batch]) -> list[LayerInputs]:
+    out = []
+    for b in batches:
+        run = parent(b.ids, head=False)
+        out.append(LayerInputs([parent.model.embed_tokens(b.ids), *run.hidden[:-1]], run.rope, run.mask))
+    return out
+
+
+@torch.no_grad()
+def mean_kl(model: HeteroLlama, batches: list[Batch], ref: list[torch.Tensor],
+            start: int = 0, states: list[LayerInputs] | None = None) -> float:
+    """Mean KL(parent || model) per reply token over the batches. With `states` (the parent's
+    layer inputs), the model is run from layer `start` on: it must equal the parent below it."""
     total, count = 0.0, 0.0
-    for b, ref_logp in zip(batches, ref):
+    for i, (b, ref_logp) in enumerate(zip(batches, ref)):
         m = b.reply_mask()
-        total += float((kl_per_token(ref_logp, model(b.ids).logits) * m).sum())
+        if states is None:
+            logits = model(b.ids).logits
+        else:
+            s = states[i]
+            logits = model.forward_from(start, s.inputs[start], s.rope, s.mask)
+        total += float((kl_per_token(ref_logp, logits) * m).sum())
         count += float(m.sum())
     return total / max(count, 1.0)
 
@@ -69,8 +97,9 @@ def greedy(model: HeteroLlama, prompts: list[list[int]], max_new_tokens: int, st
 
 def accuracy(model: HeteroLlama, tok, problems: list[arith.Problem], max_new_tokens: int = 96,
              batch_size: int = 32) -> float:
-    """Greedy accuracy on forward-format problems."""
-    stop = tok.convert_tokens_to_ids(END)
+    """Greedy accuracy on forward-format problems; a reply ends at the tokenizer's end-of-turn token
+    (ponder's <|end|>, SmolLM2's <|im_end|>)."""
+    stop = tok.eos_token_id
     right = 0
     for i in range(0, len(problems), batch_size):
         chunk = problems[i : i + batch_size]

@@ -5,9 +5,11 @@
 The folder holds config.json (`architectures: ["DeciLMForCausalLM"]`,
 `model_type: "nemotron-nas"`, one `block_configs` entry per layer), the config
 class file its `auto_map` names (configuration_decilm.py: transformers has no
-nemotron-nas config of its own), model.safetensors with Hugging Face names (no
-tensors for a no-op; no KV cache for a no-op attention in vLLM), the parent's
-tokenizer and chat template, and nas_record.json (how it was made).
+nemotron-nas config of its own), model.safetensors with Hugging Face names in
+the parent's dtype (no tensors for a no-op; no KV cache for a no-op attention
+in vLLM), the parent's tokenizer, chat template, generation config and, when
+the parent has one, its ponder.json (the task it declares), and
+nas_record.json (how it was made).
 
 vLLM serves it with its own `nemotron_nas` model, given trust_remote_code:
     ponder serve --model models/ponder-small-puzzle --engine-arg trust_remote_code=true
@@ -17,29 +19,14 @@ ponder's PyTorch code loads it with `ponder.nas.decilm.load`.
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ponder.engine import configuration_decilm
-from ponder.nas.decilm import HeteroConfig, HeteroLlama, save_weights
+from ponder import flags
+from ponder.nas.decilm import HeteroLlama, save_weights
+from ponder.nas.folders import copy_tokenizer, write_config
 from ponder.trainers.toolbox import save_atomic
-
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
-                   "generation_config.json")
-
-
-def write_config(folder: Path, cfg: HeteroConfig) -> None:
-    """config.json and the config class file it points AutoConfig to."""
-    (folder / "config.json").write_text(json.dumps(cfg.to_decilm_json(), indent=2) + "\n")
-    shutil.copy(configuration_decilm.__file__, folder / "configuration_decilm.py")
-
-
-def copy_tokenizer(src: str | Path, dst: Path) -> None:
-    for name in TOKENIZER_FILES:
-        if (Path(src) / name).exists():
-            shutil.copy(Path(src) / name, dst / name)
 
 
 def export(model: HeteroLlama, out: str | Path, tokenizer_dir: str | Path, record: dict[str, Any]) -> Path:
@@ -47,7 +34,7 @@ def export(model: HeteroLlama, out: str | Path, tokenizer_dir: str | Path, recor
     out = Path(out)
 
     def write(d: Path) -> None:
-        save_weights(model, d / "model.safetensors")
+        save_weights(model, d / "model.safetensors", model.cfg.dtype)  # served as the parent is
         write_config(d, model.config())
         copy_tokenizer(tokenizer_dir, d)
         (d / "nas_record.json").write_text(json.dumps(record, indent=1) + "\n")
@@ -69,13 +56,11 @@ class ExportConfig:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from transformers import HfArgumentParser
-
     from ponder.nas.gkd import build_child, child_dir
     from ponder.nas.mip import find
     from ponder.nas.space import Space
 
-    (cfg,) = HfArgumentParser(ExportConfig).parse_args_into_dataclasses(argv)
+    cfg = flags.parse(ExportConfig, argv, "ponder nas export", __doc__)
     print(f"config: {json.dumps(asdict(cfg))}")
     space = Space.read(cfg.run)
     model = build_child(space, cfg.child, cfg.stage)

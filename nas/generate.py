@@ -11,7 +11,7 @@ dtype (what will be served), sampled at --temperature:
 Each prompt is rendered with the parent's chat template exactly as served, and
 a row is stored as token ids: the prompt, then the reply (its end-of-turn token
 included when the parent stopped). Held out are prompts training never sees:
-every --heldout_every-th open prompt, the task's val-split problems and their
+every --heldout-every-th open prompt, the task's val-split problems and their
 own one-operation questions. Puzzle's blocks then learn what the parent does
 on text of its own distribution (arXiv:2411.19146 distils on the parent's
 domain; its GKD/KL scores are taken on held-out text).
@@ -33,6 +33,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from ponder import flags
 from ponder.nas import data
 from ponder.tasks import arith
 
@@ -194,10 +195,12 @@ def build(cfg: DataConfig) -> Path:
         return out
     parts = out / "parts"
     parts.mkdir(parents=True, exist_ok=True)
-    settings_path = out / "settings.json"  # the parts already written belong to these settings
-    if settings_path.exists() and json.loads(settings_path.read_text()) != settings:
+    # The parts written so far belong to these settings, and to this chunking (part i = chunk i).
+    part_settings = settings | {"chunk": cfg.chunk}
+    settings_path = out / "settings.json"
+    if settings_path.exists() and json.loads(settings_path.read_text()) != part_settings:
         raise SystemExit(f"ponder nas: {parts} holds parts of other settings; remove {out} to start again")
-    settings_path.write_text(json.dumps(settings, indent=1) + "\n")
+    settings_path.write_text(json.dumps(part_settings, indent=1) + "\n")
     tok = AutoTokenizer.from_pretrained(cfg.parent)
     prompts = plan(cfg)
     chunks = [prompts[i : i + cfg.chunk] for i in range(0, len(prompts), cfg.chunk)]
@@ -235,8 +238,6 @@ def build(cfg: DataConfig) -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from transformers import HfArgumentParser
-
-    (cfg,) = HfArgumentParser(DataConfig).parse_args_into_dataclasses(argv)
+    cfg = flags.parse(DataConfig, argv, "ponder nas data", __doc__)
     print(f"config: {json.dumps(asdict(cfg))}")
     build(cfg)

@@ -3,12 +3,13 @@
     ponder nas gkd --run runs/nas --child x1.50 --steps 300
 
 The child (its sub-blocks as BLD left them, chosen by the MIP) learns from the
-parent on task text, every token, all of its weights trainable:
+parent on the run's text (its stored parent replies, else the task's), every
+token, all of its weights trainable:
 
     L = sum_layers (1 - cos(h_child, h_parent)) + KL(p_parent || p_child)
 
 (Puzzle, arXiv:2411.19146, step 6), with no LM loss: the paper found it hurt.
-`--loss_type kl` or `cosine` keeps one term (ablations). Held-out KL(parent ||
+`--loss-type kl` or `cosine` keeps one term (ablations). Held-out KL(parent ||
 child) per reply token is printed before and after.
 
 Writes run/children/<child>/gkd/weights.safetensors and record.json; while
@@ -26,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from ponder import flags
 from ponder.nas import data, evaluate
 from ponder.nas.bld import assemble, same_settings, trained
 from ponder.nas.decilm import HeteroLlama, load_weights, save_weights
@@ -46,7 +48,9 @@ class GkdConfig:
     min_lr_ratio: float = field(default=0.1, metadata={"help": "cosine floor as a fraction of lr"})
     warmup: int = field(default=20, metadata={"help": "linear warm-up steps"})
     loss_type: str = field(default="cosine_kl", metadata={"help": f"one of {LOSS_TYPES}"})
-    mix: str = field(default=data.DEFAULT_MIX, metadata={"help": "format=weight,... of the task text"})
+    mix: str = field(default=data.DEFAULT_MIX, metadata={
+        "help": "format=weight,... of the task text (runs without stored data)"})
+    max_len: int = field(default=0, metadata={"help": "crop each row to this many tokens (0: whole rows)"})
     eval_examples: int = field(default=64, metadata={"help": "held-out examples for the KL printed before and after"})
     seed: int = field(default=1, metadata={"help": "seeds the batches (BLD's default is 0: other text)"})
     ckpt_every: int = field(default=100, metadata={"help": "steps between atomic checkpoints"})
@@ -101,10 +105,11 @@ def train(cfg: GkdConfig) -> Path:
             print(f"{out} is done")
             return out
         raise SystemExit(f"ponder nas: {out} was trained with other settings ({done_with}); remove it to retrain")
-    parent, tok = space.parent(), space.tokenizer()
+    parent = space.parent()
+    text = space.text(cfg.mix, cfg.max_len)
     parent.requires_grad_(False)
     child = build_child(space, cfg.child, "bld")
-    heldout = data.heldout(tok, cfg.eval_examples, 16, cfg.mix)
+    heldout = text.heldout(cfg.eval_examples, 16)
     ref = evaluate.reference(parent, heldout)
     opt = torch.optim.AdamW(child.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.0)
     ckpt = out / "checkpoint"
@@ -129,11 +134,11 @@ def train(cfg: GkdConfig) -> Path:
 
     t0 = time.time()
     child.train()
-    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=f"gkd {cfg.child}")
+    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=f"gkd {cfg.child}", mininterval=30)
     for step in bar:
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg)
-        batch = data.train_batch(tok, step, cfg.seed, cfg.batch_size, cfg.mix)
+        batch = text.train_batch(step, cfg.seed, cfg.batch_size)
         with torch.no_grad():
             teacher = parent(batch.ids)
         loss = gkd_loss(child(batch.ids), teacher, batch.token_mask(), cfg.loss_type)
@@ -160,7 +165,5 @@ def train(cfg: GkdConfig) -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from transformers import HfArgumentParser
-
-    (cfg,) = HfArgumentParser(GkdConfig).parse_args_into_dataclasses(argv)
+    cfg = flags.parse(GkdConfig, argv, "ponder nas gkd", __doc__)
     train(cfg)

@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from scipy.optimize import Bounds, LinearConstraint, milp
 
+from ponder import flags
 from ponder.nas.costs import read_costs
 from ponder.nas.decilm import KINDS
 from ponder.nas.score import read_scores
@@ -236,8 +237,6 @@ def find(run: str, name: str) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from transformers import HfArgumentParser
-
-    (cfg,) = HfArgumentParser(MipConfig).parse_args_into_dataclasses(argv)
+    cfg = flags.parse(MipConfig, argv, "ponder nas mip", __doc__)
     print(f"config: {json.dumps(asdict(cfg))}")
     plan(cfg)

@@ -3,13 +3,14 @@
     ponder nas score --run runs/nas
 
 Each variant (as BLD left it) goes alone into the otherwise untouched parent,
-and the model is scored by KL(parent || model) per reply token on held-out task
-text (val split): the score the paper found best (Puzzle, arXiv:2411.19146, step 3).
-An architecture's predicted damage is the sum of its blocks' scores; the MIP
-minimises it. The parent's own block scores exactly 0.
+and the model is scored by KL(parent || model) per reply token on held-out text
+(the run's stored held-out replies, else the task's val split): the score the
+paper found best (Puzzle, arXiv:2411.19146, step 3). An architecture's
+predicted damage is the sum of its blocks' scores; the MIP minimises it. The
+parent's own block scores exactly 0 and is not evaluated.
 
 Greedy accuracy on a few val problems is recorded too, for the variants
-`--accuracy_for` names: KL ranks well, but accuracy is what a user sees.
+`--accuracy-for` names: KL ranks well, but accuracy is what a user sees.
 
 Writes run/scores.json after every variant (atomically), and skips variants
 already there on a rerun.
@@ -26,6 +27,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from ponder import flags
 from ponder.nas import data, evaluate
 from ponder.nas.bld import trained
 from ponder.nas.decilm import HeteroLlama, Layer
@@ -36,9 +38,11 @@ from ponder.tasks import arith
 @dataclass
 class ScoreConfig:
     run: str = field(metadata={"help": "the NAS run folder (after `ponder nas bld`)"})
-    examples: int = field(default=128, metadata={"help": "held-out examples (val split) the KL is taken on"})
+    examples: int = field(default=128, metadata={"help": "held-out examples the KL is taken on"})
+    max_len: int = field(default=0, metadata={"help": "crop each held-out row to this many tokens (0: whole rows)"})
     batch_size: int = field(default=16, metadata={"help": "examples per forward pass"})
-    mix: str = field(default=data.DEFAULT_MIX, metadata={"help": "format=weight,... of the held-out text"})
+    mix: str = field(default=data.DEFAULT_MIX, metadata={
+        "help": "format=weight,... of the held-out task text (runs without stored data)"})
     accuracy_problems: int = field(default=32, metadata={
         "help": "val problems each accuracy-checked variant answers greedily (0: no accuracy)"})
     accuracy_for: str = field(default="noop,ffn25", metadata={
@@ -69,10 +73,11 @@ def replaced(model: HeteroLlama, layer: int, kind: str, donor: Layer):
 
 
 def replace_one_block(parent: HeteroLlama, v: Variant, layer: Layer, batches: list[data.Batch],
-                      ref: list[torch.Tensor]) -> float:
-    """KL(parent || parent with v in its place), per reply token."""
+                      ref: list[torch.Tensor], states: list[evaluate.LayerInputs] | None = None) -> float:
+    """KL(parent || parent with v in its place), per reply token; with `states`, the layers below
+    v's are not run again."""
     with replaced(parent, v.layer, v.kind, layer):
-        return evaluate.mean_kl(parent, batches, ref)
+        return evaluate.mean_kl(parent, batches, ref, v.layer, states)
 
 
 def write_json(path: Path, record: dict) -> None:
@@ -100,18 +105,24 @@ def score(cfg: ScoreConfig) -> dict:
         record = {"settings": settings, "kl": {}, "accuracy": {}}
     parent, tok = space.parent(), space.tokenizer()
     variants = trained(space)
-    batches = data.heldout(tok, cfg.examples, cfg.batch_size, cfg.mix)
+    text = space.text(cfg.mix, cfg.max_len)
+    batches = text.heldout(cfg.examples, cfg.batch_size)
+    print(f"held-out text: {text.source}, {sum(int(b.mask.sum()) for b in batches)} tokens")
     ref = evaluate.reference(parent, batches)
+    states = evaluate.layer_inputs(parent, batches)
     problems = arith.dataset("val", cfg.accuracy_problems, seed=0) if cfg.accuracy_problems else []
     if problems and "parent_accuracy" not in record:
         record["parent_accuracy"] = evaluate.accuracy(parent, tok, problems, cfg.max_new_tokens)
         write_json(path, record)
     todo = [v for v in space.variants if v.key not in record["kl"]
             or (cfg.wants_accuracy(v) and v.key not in record["accuracy"])]
-    bar = tqdm(todo, desc="replace-one-block")
+    bar = tqdm(todo, desc="replace-one-block", mininterval=30)
     for v in bar:
         bar.set_postfix(variant=v.key)
-        record["kl"][v.key] = replace_one_block(parent, v, variants[v.key], batches, ref)
+        if v.name == "parent":  # changes nothing: exactly 0, not worth a forward pass
+            record["kl"][v.key] = 0.0
+        else:
+            record["kl"][v.key] = replace_one_block(parent, v, variants[v.key], batches, ref, states)
         if cfg.wants_accuracy(v):
             with replaced(parent, v.layer, v.kind, variants[v.key]):
                 record["accuracy"][v.key] = evaluate.accuracy(parent, tok, problems, cfg.max_new_tokens)
@@ -130,8 +141,6 @@ def print_table(space: Space, record: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from transformers import HfArgumentParser
-
-    (cfg,) = HfArgumentParser(ScoreConfig).parse_args_into_dataclasses(argv)
+    cfg = flags.parse(ScoreConfig, argv, "ponder nas score", __doc__)
     print(f"config: {json.dumps(asdict(cfg))}")
     score(cfg)

@@ -5,10 +5,13 @@
 Every layer offers the same menu (Puzzle, arXiv:2411.19146, step 1):
   attention: parent | GQA with n_heads_in_group in kv_groups (fewer KV heads) | no-op
   ffn:       parent | each fraction of ffn_fractions of the parent's width | no-op
-A candidate sub-block starts as a slice of the parent's: K/V heads mean-pooled
-over each group of query heads that will share them; FFN channels ranked by
-mean|X_i| * ||W_down[:, i]|| (X = the activation entering down_proj, measured
-on calibration text) and the top ones kept.
+A GQA variant must group the parent's own KV groups whole: n_heads_in_group a
+multiple of the parent's that divides the head count (SmolLM2, 9 query heads in
+3 groups of 3: only 9, one KV head). A candidate sub-block starts as a slice of
+the parent's: K/V heads mean-pooled over the parent's KV heads it merges; FFN
+channels ranked by mean|X_i| * ||W_down[:, i]|| (X = the activation entering
+down_proj, measured on calibration text: the run's stored text when
+`ponder nas data` has run, else the task's) and the top ones kept.
 
 Layer 0's attention has no no-op: vLLM's DeciLM layer cannot run an FFN whose
 layer has no attention before any residual exists (its RMSNorm is then called
@@ -28,6 +31,7 @@ import torch
 from tqdm import tqdm
 from transformers import PreTrainedTokenizerFast
 
+from ponder import flags
 from ponder.nas import data
 from ponder.nas.decilm import KINDS, Attention, BlockConfig, HeteroLlama, Layer, load
 
@@ -64,7 +68,8 @@ class SpaceConfig:
                 "the head count above the parent's"})
     ffn_fractions: str = field(default="0.75,0.5,0.25", metadata={"help": "FFN widths as fractions of the parent's"})
     ffn_multiple: int = field(default=16, metadata={"help": "round reduced FFN widths to a multiple of this"})
-    calib_examples: int = field(default=256, metadata={"help": "examples of task text that rank the FFN channels"})
+    calib_examples: int = field(default=256, metadata={"help": "examples of text that rank the FFN channels"})
+    max_len: int = field(default=0, metadata={"help": "crop calibration rows to this many tokens (0: whole rows)"})
     mix: str = field(default=data.DEFAULT_MIX, metadata={"help": "format=weight,... of the task text"})
     seed: int = field(default=0, metadata={"help": "seeds the calibration text"})
     threads: int = field(default=1, metadata={"help": "torch threads"})
@@ -80,8 +85,14 @@ class SpaceConfig:
         data.parse_mix(self.mix)
 
 
+def kv_group_sizes(heads: int, parent_group: int) -> list[int]:
+    """Every n_heads_in_group a GQA variant of this parent may have: multiples of the parent's
+    that divide the head count, the parent's own excluded."""
+    return [g for g in range(parent_group + 1, heads + 1) if heads % g == 0 and g % parent_group == 0]
+
+
 def variants(model: HeteroLlama, kv_groups: list[int], fractions: list[float], multiple: int = 16) -> list[Variant]:
-    """The menu of every layer of `model` (the parent)."""
+    """The menu of every layer of `model` (the parent); kv_groups outside kv_group_sizes are skipped."""
     cfg = model.cfg
     if any(b.attn_no_op or b.ffn_no_op for b in cfg.blocks):
         raise ValueError("the parent has no-op sub-blocks; Puzzle starts from a full parent")
@@ -89,9 +100,9 @@ def variants(model: HeteroLlama, kv_groups: list[int], fractions: list[float], m
     for i, parent in enumerate(cfg.blocks):
         attn = BlockConfig(n_heads_in_group=parent.n_heads_in_group, ffn_no_op=True)
         out.append(Variant(i, "attention", "parent", attn))
-        g0 = parent.n_heads_in_group
+        allowed = kv_group_sizes(cfg.num_attention_heads, parent.n_heads_in_group)
         for g in sorted(set(kv_groups)):
-            if g > g0 and g % g0 == 0 and cfg.num_attention_heads % g == 0:
+            if g in allowed:
                 out.append(Variant(i, "attention", f"gqa{g}", BlockConfig(n_heads_in_group=g, ffn_no_op=True)))
         if i > 0:
             out.append(Variant(i, "attention", "noop", BlockConfig(attn_no_op=True, ffn_no_op=True)))
@@ -120,9 +131,9 @@ def channel_scores(model: HeteroLlama, batches: list[data.Batch]) -> dict[int, t
                 sums[i] = sums.get(i, 0) + x.sum(dim=(0, 1))
             hooks.append(layer.mlp.down_proj.register_forward_pre_hook(hook))
     try:
-        for b in tqdm(batches, desc="channel scores"):
+        for b in tqdm(batches, desc="channel scores", mininterval=10):
             current["mask"] = b.token_mask()
-            model(b.ids)
+            model(b.ids, head=False)
             count += int(b.mask.sum())
     finally:
         for h in hooks:
@@ -190,6 +201,10 @@ class Space:
     def tokenizer(self) -> PreTrainedTokenizerFast:
         return PreTrainedTokenizerFast.from_pretrained(self.cfg.parent)
 
+    def text(self, mix: str, max_len: int = 0) -> data.Text:
+        """What this run distils and scores on: its stored replies, else the task's `mix`."""
+        return data.Text.of(self.run, self.tokenizer(), mix, max_len)
+
     def scores(self) -> dict[int, torch.Tensor]:
         return torch.load(self.run / "channel_scores.pt")
 
@@ -214,12 +229,14 @@ def build(cfg: SpaceConfig) -> Space:
     parent = load(cfg.parent)
     tok = PreTrainedTokenizerFast.from_pretrained(cfg.parent)
     heads = parent.cfg.num_attention_heads
-    groups = [int(g) for g in cfg.kv_groups.split(",") if g] or [g for g in range(2, heads + 1) if heads % g == 0]
+    groups = [int(g) for g in cfg.kv_groups.split(",") if g] or \
+        kv_group_sizes(heads, min(b.n_heads_in_group for b in parent.cfg.blocks))
     menu = variants(parent, groups, cfg.fractions(), cfg.ffn_multiple)
-    rows = data.examples(tok, "train", cfg.calib_examples, f"{cfg.seed}-calib", cfg.mix)
-    scores = channel_scores(parent, data.batches(rows, tok.pad_token_id, 16))
+    text = data.Text.of(run, tok, cfg.mix, cfg.max_len)
+    print(f"calibration text: {text.source}")
+    scores = channel_scores(parent, text.calibration(cfg.calib_examples, cfg.seed))
     torch.save(scores, run / "channel_scores.pt")
-    record = {"config": asdict(cfg),
+    record = {"config": asdict(cfg), "text": text.source,
               "variants": [{"layer": v.layer, "kind": v.kind, "name": v.name, "block": asdict(v.block)}
                            for v in menu]}
     tmp = run / "space.json.tmp"
@@ -231,8 +248,6 @@ def build(cfg: SpaceConfig) -> Space:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from transformers import HfArgumentParser
-
-    (cfg,) = HfArgumentParser(SpaceConfig).parse_args_into_dataclasses(argv)
+    cfg = flags.parse(SpaceConfig, argv, "ponder nas space", __doc__)
     print(f"config: {json.dumps(asdict(cfg))}")
     build(cfg)

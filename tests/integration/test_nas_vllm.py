@@ -3,7 +3,7 @@
 The child comes from the committed model, every kind of block mixed in: GQA
 with 2 and 1 KV heads, a no-op attention, a no-op FFN, FFNs at 50% and 25%,
 initialised from the parent (no training: the check is of the forward pass).
-Both sides run in float32.
+Both sides run in float32 on the weights as exported (in the parent's dtype, bf16).
 """
 
 from __future__ import annotations
@@ -35,9 +35,9 @@ def child(tmp_path_factory):
     layers = {v.key: space.parent_variant(parent, v.layer, v.kind) if v.name == "parent"
               else space.init_variant(parent, v, scores)
               for v in space.variants(parent, kv_groups=[2, 4], fractions=[0.5, 0.25])}
-    model = assemble(parent, BLOCKS, layers)
-    folder = export(model, tmp_path_factory.mktemp("nas") / "child", MODEL, {"blocks": BLOCKS})
-    return model, tok, folder
+    folder = export(assemble(parent, BLOCKS, layers), tmp_path_factory.mktemp("nas") / "child", MODEL,
+                    {"blocks": BLOCKS})
+    return load(folder), tok, folder  # the weights as exported (in the parent's dtype), computed in float32
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Puzzle (arXiv:2411.19146) on SmolLM2-135M-Instruct, phase 1 of issue 30: the parent's replies (data),
+# the menu (space), blockwise local distillation (bld). One core: --threads 1, nice 10, one step at a time.
+# Every step skips itself when done and resumes where it stopped, so rerunning this script continues:
+#   nohup bash bench/puzzle_smollm2.sh > runs/puzzle-smollm2/pipeline.log 2>&1 &
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUN=runs/puzzle-smollm2
+PARENT=models/SmolLM2-135M-Instruct
+LOGS=$RUN/logs
+PONDER=(nice -n 10 .venv/bin/ponder nas)
+mkdir -p "$LOGS"
+
+step() {  # step NAME ARGS...: one ponder nas command, its log appended to logs/NAME.log
+    local name=$1
+    shift
+    echo "$(date -Is) $name: start"
+    local t0=$SECONDS
+    "${PONDER[@]}" "$name" "$@" >> "$LOGS/$name.log" 2>&1
+    echo "$(date -Is) $name: done in $((SECONDS - t0)) s"
+}
+
+step data --run "$RUN" --parent "$PARENT" --open-samples 3 --arith-train 300 --arith-heldout 24 \
+    --ops-train 200 --ops-heldout 16 --max-tokens 256 --temperature 0.7 --threads 1
+step space --run "$RUN" --parent "$PARENT" --ffn-fractions 0.5,0.25 --calib-examples 256 --max-len 256 --threads 1
+step bld --run "$RUN" --steps 500 --warmup 20 --batch-size 8 --lr 1e-3 --max-len 256 --ckpt-every 25 --threads 1
+echo "$(date -Is) pipeline: data, space and bld are done; next: ponder nas score (see the issue-30 notes)"
