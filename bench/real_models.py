@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ from ponder.tasks.eval import EvalConfig, evaluate
 from ponder.tasks.stats import diff_interval
 from ponder.testing import PonderServer
 
-STRATEGIES = ("self_consistency", "tournament", "reverse_verify")
+STRATEGIES = ("self_consistency", "reverse_verify", "tournament")  # the slowest last
 
 
 def reads(rows: list[dict[str, Any]], n: int) -> dict[str, Any]:
@@ -43,8 +44,10 @@ def reads(rows: list[dict[str, Any]], n: int) -> dict[str, Any]:
             "errors": sum(1 for r in rows if "error" in r)}
 
 
-def measure(a: argparse.Namespace, done: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """Greedy and each strategy, in that order; a row in `done` (an earlier run's, same settings) is kept."""
+def measure(a: argparse.Namespace, done: dict[str, dict[str, Any]],
+            save: Callable[[list[dict[str, Any]]], None]) -> list[dict[str, Any]]:
+    """Greedy and each strategy, in that order; a row in `done` (an earlier run's, same settings) is kept.
+    `save` gets the rows so far after each one measured (a stopped run keeps them)."""
     server = PonderServer(models=[a.model], timeout=600)
     try:
         base = dict(base_url=server.base_url, data=a.data, limit=a.limit, max_tokens=a.max_tokens, seed=a.seed,
@@ -65,6 +68,7 @@ def measure(a: argparse.Namespace, done: dict[str, dict[str, Any]]) -> list[dict
             print(f"{label}: accuracy {row['accuracy']:.3f}, verdicts read {row['verdicts_read']}, "
                   f"answers extracted {row['answers_extracted']}, {row['wall_s']}s", flush=True)
             out.append(row)
+            save(out)
         return out
     finally:
         server.stop()
@@ -133,9 +137,12 @@ def main() -> None:
     settings = {k: v for k, v in vars(a).items() if k != "rerun"}
     old = json.loads(out.with_suffix(".json").read_text()) if out.with_suffix(".json").exists() else {}
     done = {r["label"]: r for r in old.get("rows", [])} if old.get("args") == settings else {}
-    rows = measure(a, done)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps({"args": settings, "rows": rows}, indent=1) + "\n")
+
+    def save(rows: list[dict[str, Any]]) -> None:
+        out.with_suffix(".json").write_text(json.dumps({"args": settings, "rows": rows}, indent=1) + "\n")
+
+    rows = measure(a, done, save)
     plot(rows, f"{Path(a.model).name}, {a.data} ({rows[0]['task']} task), N={a.n}, T={a.temperature}, "
                f"{a.limit} questions", out.with_suffix(".png"))
     print(table(rows))

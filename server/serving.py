@@ -142,7 +142,9 @@ class OpenAIServing:
                               f"strategy's samplers={leaves})", param="n")
         for p in strategies.tree(params):
             missing = [m for m in p.models(req.model) if m not in self.routes]
-            if missing:
+            for m in set(missing) & {v for v in p.as_dict().values() if isinstance(v, str)}:
+                self.route(m)  # a model the request names and nobody serves: 404, as for `model`
+            if missing:  # models derived from the served one (e.g. its -pos/-neg): say how to get them
                 hint = p.missing_models_hint
                 raise bad_request(f"strategy: model(s) {', '.join(missing)} are not served here (served: "
                                   f"{', '.join(self.routes)}){'; ' + hint if hint else ''}",
