@@ -48,7 +48,8 @@ def parse(cls: type[T], argv: Sequence[str] | None, prog: str, description: str 
     parser = argparse.ArgumentParser(prog=prog, description=description, formatter_class=_Formatter)
     hints = typing.get_type_hints(cls)
     lists: dict[str, list[Any]] = {}
-    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+    # a base's keyword-only fields (e.g. the trainers' seed, device, bf16) after the command's own
+    for f in sorted(dataclasses.fields(cls), key=lambda f: f.kw_only):  # type: ignore[arg-type]
         flag = "--" + f.name.replace("_", "-")
         conv, repeatable = flag_type(hints[f.name])
         required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING

@@ -34,11 +34,11 @@ from tqdm import tqdm
 from ponder import flags
 from ponder.tasks import ARITH, arith
 from ponder.trainers.tokenizer import encode_example
-from ponder.trainers.toolbox import BF16_HELP, batch_loss, collate, declare_task, native_bf16, save_atomic
+from ponder.trainers.toolbox import Loop, batch_loss, collate, declare_task, save_atomic
 
 
 @dataclass
-class ContrastConfig:
+class ContrastConfig(Loop):
     base: str = field(default="models/ponder-small", metadata={"help": "the base model folder"})
     out_prefix: str = field(default="", metadata={"help": "adapters go to <prefix>-pos and <prefix>-neg "
                                                            "(default: the base folder's path)"})
@@ -51,12 +51,9 @@ class ContrastConfig:
     epochs: int = field(default=2, metadata={"help": "passes over each set (paper: 1)"})
     batch_size: int = field(default=32, metadata={"help": "trajectories per step"})
     micro_batch: int = field(default=8, metadata={"help": "trajectories per forward pass"})
-    seed: int = field(default=0, metadata={"help": "seeds sampling, shuffling and LoRA init"})
-    device: str = field(default="cpu", metadata={"help": "cpu or cuda"})
-    bf16: bool | None = field(default=None, metadata={"help": BF16_HELP})
 
     def __post_init__(self) -> None:
-        self.bf16 = native_bf16(self.device) if self.bf16 is None else self.bf16
+        super().__post_init__()
         if self.problems < 1 or self.samples < 1 or self.epochs < 1:
             raise ValueError("problems, samples and epochs must be >= 1")
 

@@ -39,13 +39,13 @@ from tqdm import tqdm
 
 from ponder import flags
 from ponder.trainers.cdpo import ContrastConfig, sample
-from ponder.trainers.toolbox import IGNORE, save_atomic, save_model
+from ponder.trainers.toolbox import IGNORE, Loop, save_atomic, save_model
 
 LOSSES = ("cdpo", "dpo", "sft")
 
 
 @dataclass
-class DPOConfig:
+class DPOConfig(Loop):
     base: str = field(metadata={"help": "the policy's starting model (and the frozen reference)"})
     pos: str = field(metadata={"help": "positive contrastive model (stage 1)"})
     neg: str = field(metadata={"help": "negative contrastive model (stage 1)"})
@@ -63,10 +63,9 @@ class DPOConfig:
     batch_size: int = field(default=16, metadata={"help": "pairs per step"})
     micro_batch: int = field(default=8, metadata={"help": "pairs per forward pass"})
     ckpt_every: int = field(default=50, metadata={"help": "steps between atomic checkpoints"})
-    seed: int = field(default=0, metadata={"help": "seeds sampling, shuffling and LoRA init"})
-    device: str = field(default="cpu", metadata={"help": "cpu or cuda"})
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}")
         if self.epochs < 1 or self.batch_size < 1 or self.micro_batch < 1 or self.lora_rank < 0:
@@ -212,9 +211,10 @@ def train(cfg: DPOConfig, pairs: list[dict] | None = None) -> dict:
                              tok.pad_token_id, cfg.device)
             rejected = collate([(p["prompt"] + p["rejected"], len(p["prompt"]), p["weights"]) for p in part],
                                tok.pad_token_id, cfg.device)
-            pc, pr = token_logps(policy, *chosen[:3]), token_logps(policy, *rejected[:3])
-            with torch.no_grad():
-                rc, rr = token_logps(ref, *chosen[:3]), token_logps(ref, *rejected[:3])
+            with cfg.autocast():
+                pc, pr = token_logps(policy, *chosen[:3]), token_logps(policy, *rejected[:3])
+                with torch.no_grad():
+                    rc, rr = token_logps(ref, *chosen[:3]), token_logps(ref, *rejected[:3])
             loss = preference_loss(pc, rc, pr, rr, rejected[3], cfg.loss, cfg.gamma) * len(part) / len(batch)
             loss.backward()
             totals["loss"] += loss.item()

@@ -39,13 +39,12 @@ from ponder.trainers import distributed
 from ponder.trainers.demo import DeMo, Signum
 from ponder.trainers.tokenizer import END, build_tokenizer, encode_example
 from ponder.trainers.toolbox import (
-    BF16_HELP,
+    Loop,
     batch_loss,
     collate,
     count_targets,
     declare_task,
     lr_at,
-    native_bf16,
     save_atomic,
 )
 
@@ -92,7 +91,7 @@ PRESETS = {
 
 
 @dataclass
-class PretrainConfig:
+class PretrainConfig(Loop):
     out: str = field(metadata={"help": "output folder: the final model, plus checkpoint/ while training"})
     preset: str = field(default="small", metadata={"help": f"model shape, one of {sorted(PRESETS)}"})
     init: str = field(default="", metadata={
@@ -110,11 +109,8 @@ class PretrainConfig:
     max_steps_per_problem: int = field(default=5, metadata={"help": "task difficulty: longest chain"})
     max_value: int = field(default=999, metadata={"help": "task difficulty: largest intermediate value"})
     vocab_size: int = field(default=1024, metadata={"help": "BPE vocabulary size"})
-    seed: int = field(default=0, metadata={"help": "seeds the tokenizer, the weights and every batch"})
     ckpt_every: int = field(default=250, metadata={"help": "steps between atomic checkpoints"})
     threads: int = field(default=0, metadata={"help": "torch threads (0 = all cores)"})
-    device: str = field(default="cpu", metadata={"help": "cpu or cuda"})
-    bf16: bool | None = field(default=None, metadata={"help": BF16_HELP})
     compile: bool = field(default=True, metadata={"help": "torch.compile the forward (1.3x on CPU, ~1 min to compile)"})
     optimizer: str = field(default="adamw", metadata={
         "help": "adamw (betas 0.9, 0.95; DDP all-reduces gradients), demo (DeMo: ranks exchange only the "
@@ -127,7 +123,7 @@ class PretrainConfig:
         "help": "optional JSON-lines file (rank 0 appends): step, loss, lr and bytes sent, one line per step"})
 
     def __post_init__(self) -> None:
-        self.bf16 = native_bf16(self.device) if self.bf16 is None else self.bf16
+        super().__post_init__()
         ModelPreset.from_name(self.preset)
         self.mixture()
         if self.warmup >= self.steps:

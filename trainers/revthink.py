@@ -48,7 +48,7 @@ from ponder import flags
 from ponder.tasks import ARITH, arith
 from ponder.tasks.formats import masked_quantity
 from ponder.trainers.tokenizer import encode_example
-from ponder.trainers.toolbox import BF16_HELP, batch_loss, collate, native_bf16, save_atomic, save_model
+from ponder.trainers.toolbox import Loop, batch_loss, collate, save_atomic, save_model
 
 OBJECTIVES = ("forward", "backward_question", "backward")
 
@@ -160,7 +160,7 @@ def drop_reason(item: dict, check: str = "exact") -> str | None:
 
 
 @dataclass
-class StudentConfig:
+class StudentConfig(Loop):
     data: str = field(metadata={"help": "folder with kept.jsonl (from revthink-data)"})
     student: str = field(metadata={"help": "the student model folder (any Hugging Face causal LM)"})
     out: str = field(metadata={"help": "output folder: the trained model, plus checkpoint/ while training"})
@@ -172,12 +172,9 @@ class StudentConfig:
     batch_size: int = field(default=32, metadata={"help": "examples per step"})
     micro_batch: int = field(default=8, metadata={"help": "examples per forward pass"})
     ckpt_every: int = field(default=100, metadata={"help": "steps between atomic checkpoints"})
-    seed: int = field(default=0, metadata={"help": "seeds the subset, the order and LoRA init"})
-    device: str = field(default="cpu", metadata={"help": "cpu or cuda"})
-    bf16: bool | None = field(default=None, metadata={"help": BF16_HELP})
 
     def __post_init__(self) -> None:
-        self.bf16 = native_bf16(self.device) if self.bf16 is None else self.bf16
+        super().__post_init__()
         if self.objectives not in ("all", "forward") or not 0 < self.fraction <= 1:
             raise ValueError("objectives is 'all' or 'forward'; fraction in (0, 1]")
 

@@ -11,8 +11,9 @@ import json
 import math
 import shutil
 from contextlib import nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
@@ -33,6 +34,23 @@ def native_bf16(device: str) -> bool:
         return torch.cuda.is_bf16_supported()
     flags = Path("/proc/cpuinfo").read_text().split() if Path("/proc/cpuinfo").exists() else []
     return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+@dataclass(kw_only=True)
+class Loop:
+    """The fields every training loop declares alike (one default each); the recipe's own (lr, batch
+    sizes, epochs, checkpoint interval) stay in each trainer's config, at its paper's values."""
+
+    seed: int = field(default=0, metadata={"help": "seeds everything random in the run (data, order, initial weights)"})
+    device: str = field(default="cpu", metadata={"help": "cpu or cuda"})
+    bf16: bool | None = field(default=None, metadata={"help": BF16_HELP})
+
+    def __post_init__(self) -> None:
+        if self.bf16 is None:
+            self.bf16 = native_bf16(self.device)
+
+    def autocast(self) -> torch.autocast:
+        return torch.autocast(torch.device(self.device).type, dtype=torch.bfloat16, enabled=bool(self.bf16))
 
 
 class Schedule(Protocol):
@@ -80,10 +98,10 @@ def count_targets(batches) -> int:
     return sum(int((labels[:, 1:] != IGNORE).sum()) for _, _, labels in batches)
 
 
-def batch_loss(model, batches, cfg: Any, n_total: int | None = None, grad_scale: float = 1.0) -> float:
+def batch_loss(model, batches, cfg: Loop, n_total: int | None = None, grad_scale: float = 1.0) -> float:
     """Backward over the micro-batches; returns the mean loss per target token.
 
-    `cfg` needs `device` and `bf16` (PretrainConfig and the cDPO config have both).
+    `cfg` is the trainer's config (its autocast).
     Data parallel: `batches` is this rank's share of the step, `n_total` the target tokens of the
     whole step and `grad_scale` the world size, which DDP's gradient mean divides by again, so the
     synced gradient is the one-process gradient; the return value is this rank's share of the
@@ -96,7 +114,7 @@ def batch_loss(model, batches, cfg: Any, n_total: int | None = None, grad_scale:
         n = int((labels[:, 1:] != IGNORE).sum())
         last = i == len(batches) - 1
         with nullcontext() if last or not isinstance(model, DistributedDataParallel) else model.no_sync():
-            with torch.autocast(torch.device(cfg.device).type, dtype=torch.bfloat16, enabled=cfg.bf16):
+            with cfg.autocast():
                 loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss * (n / n_total)
             (loss if grad_scale == 1 else loss * grad_scale).backward()
         total += loss.item()
