@@ -25,3 +25,5 @@ step data --run "$RUN" --parent "$PARENT" --open-samples 3 --arith-train 300 --a
 step space --run "$RUN" --parent "$PARENT" --ffn-fractions 0.5,0.25 --calib-examples 256 --max-len 256 --threads 1
 step bld --run "$RUN" --steps 500 --warmup 20 --batch-size 8 --lr 1e-3 --max-len 256 --ckpt-every 25 --threads 1
 echo "$(date -Is) pipeline: data, space and bld are done; next: ponder nas score (see the issue-30 notes)"
+step score --run "$RUN" --examples 82 --max-len 256 --batch-size 8 --accuracy-problems 0 --threads 1
+echo "$(date -Is) pipeline: score is done; next: ponder nas costs (on a quiet machine), mip, gkd, export"
