@@ -112,6 +112,11 @@ def read_verdict(task: Task, text: str, pattern: str | None) -> int | None:
     return {"solution 1": 1, "solution 2": 2}.get(last.strip().lower(), 0)
 
 
+def verdict_of(margin: float) -> int:
+    """The verdict a log-prob margin of "Solution 1" over "Solution 2" gives: 1, 2, or 0 (a tie)."""
+    return 1 if margin > 0 else 2 if margin < 0 else 0
+
+
 def decide(a: int, b: int, score: tuple[float, float], rng: random.Random) -> int:
     if score[0] != score[1]:
         return a if score[0] > score[1] else b
@@ -207,13 +212,12 @@ class _Judge:
             if call is None:
                 continue
             s1, s2 = SCORES[call["verdict"]]
-            tally[0] += s1 if x == a else s2  # every call's own verdict, for the judge's agreement
-            tally[1] += s2 if x == a else s1
+            for_a = (s1, s2) if x == a else (s2, s1)
+            tally = [t + s for t, s in zip(tally, for_a)]  # every call's own verdict, for the judge's agreement
             if call["read"] == "constrained":  # log p(Solution 1) - log p(Solution 2), for solution x
                 margins.append(call["margin"] if x == a else -call["margin"])
             else:
-                score[0] += s1 if x == a else s2
-                score[1] += s2 if x == a else s1
+                score = [t + s for t, s in zip(score, for_a)]
             game["calls"].append({"order": [x, y], **call})
         if not game["calls"]:
             game["skipped"] = "judge prompt longer than the context"
@@ -221,10 +225,8 @@ class _Judge:
             # Verdicts read from log-probs count together, by their margin averaged over both orders:
             # a judge's preference for a position cancels instead of turning each game into a tie.
             game["margin"] = sum(margins) / len(margins)
-            k = len(margins)
-            score[0] += k if game["margin"] > 0 else 0 if game["margin"] < 0 else k / 2
-            score[1] += k if game["margin"] < 0 else 0 if game["margin"] > 0 else k / 2
-        game["score"], game["agreement"] = (score[0], score[1]), (tally[0], tally[1])
+            score = [t + len(margins) * s for t, s in zip(score, SCORES[verdict_of(game["margin"])])]
+        game["score"], game["agreement"] = tuple(score), tuple(tally)
         return game
 
     async def _call(self, x: int, y: int, n: int) -> list[dict[str, Any] | None]:
@@ -251,7 +253,7 @@ class _Judge:
             how = "constrained" if c else "written"
             self.read[how] += 1
             self.ctx.count("verdicts", how)
-            verdict = (1 if m > 0 else 2 if m < 0 else 0) if c else w
+            verdict = verdict_of(m) if c else w
             out.append({"reply": r.text, "read": how, "verdict": verdict, "margin": m})
         return out
 

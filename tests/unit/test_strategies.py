@@ -86,8 +86,8 @@ def test_failure_bound():
 def test_fobar_and_masked_quantity():
     scores = rv.fobar({"7": 3, "8": 1}, {"7": 0, "8": 4}, alpha=0.5)
     assert scores["8"] > scores["7"] > 0.0  # smoothed: no verification is not a veto
-    assert rv.fobar({"7": 7, "8": 1}, {"7": 0, "8": 1}, alpha=0.5)["7"] > rv.fobar(
-        {"7": 7, "8": 1}, {"7": 0, "8": 1}, alpha=0.5)["8"]  # one lucky check does not overturn 7 votes to 1
+    lucky = rv.fobar({"7": 7, "8": 1}, {"7": 0, "8": 1}, alpha=0.5)
+    assert lucky["7"] > lucky["8"]  # one lucky check does not overturn 7 votes to 1
     assert rv.fobar({"7": 3, "8": 1}, {}, 0.5)["7"] > rv.fobar({"7": 3, "8": 1}, {}, 0.5)["8"]
     assert rv.fobar({"7": 3, "8": 1}, {"7": 1, "8": 1}, alpha=1.0) == {"7": 0.75, "8": 0.25}
     q = "Tom has 12 apples. He buys 30 more. How many?"
