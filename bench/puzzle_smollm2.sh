@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Puzzle (arXiv:2411.19146) on SmolLM2-135M-Instruct, phase 1 of issue 30: the parent's replies (data),
-# the menu (space), blockwise local distillation (bld). One core: --threads 1, nice 10, one step at a time.
-# Every step skips itself when done and resumes where it stopped, so rerunning this script continues:
-#   nohup bash bench/puzzle_smollm2.sh > runs/puzzle-smollm2/pipeline.log 2>&1 &
+# Puzzle (arXiv:2411.19146) on SmolLM2-135M-Instruct (issue 30): the parent's replies (data), the menu
+# (space), blockwise local distillation (bld), the replace-one-block scores (score). One core: --threads 1,
+# nice 10, one step at a time. Every step skips itself when done and resumes where it stopped, so
+# rerunning this script continues:
+#   nohup setsid bash bench/puzzle_smollm2.sh >> runs/puzzle-smollm2/logs/pipeline.log 2>&1 &
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUN=runs/puzzle-smollm2
