@@ -1,7 +1,10 @@
-"""critical_tokens: find the token that sinks a trajectory and resample around it (cDPO, Lin et al. 2024).
+"""critical_tokens: find the token where a trajectory forks and resample around it (cDPO, Lin et al. 2024).
 
-1. Sample n candidates.
-2. Score every token y_t of a candidate with the contrastive estimate
+1. Sample n candidates and read their answers. Where they all agree there is no
+   fork to find: the common answer is returned, at self_consistency's cost.
+2. Where they disagree (`resample: "dissent"`; "all" resamples every candidate),
+   score every token y_t of each candidate outside the plurality answer with the
+   contrastive estimate
        s_t = softmax((1 + beta) * logits_pos_t - beta * logits_neg_t)[y_t]
    from a positive model (fine-tuned on correct trajectories) and a negative one
    (on incorrect ones), each a prefill with prompt log-probabilities. Log-probs
@@ -12,9 +15,19 @@
    Resample from the prefix before it with that token forbidden at that
    position, inside vLLM (ponder's logits processor); repeat on the new
    trajectory up to `rounds` times.
-4. Choose among all trajectories: majority vote over answers ("vote"), the
-   best mean log s_t ("score"), or the last refinement of the first candidate
-   ("last", for use as another strategy's sampler with n=1).
+4. Choose among all trajectories: "judge" (the default) plays a knockout between
+   one trajectory per distinct answer, most supported first, with the
+   tournament's judge (each game in both orders; a tied game goes to the answer
+   with more support); "vote" takes the majority; "score" the best mean log s_t;
+   "last" the last refinement of the first candidate (for use as another
+   strategy's sampler with n=1 and `resample: "all"`).
+
+Why this shape (bench/RESULTS.md, issue 31): on ponder-small one banned-token
+resample turns most right samples wrong and most wrong ones right. The
+contrastive estimate finds *where* samples fork, not which branch is right, so
+resampling everything and voting cost 8 resamples per problem for nothing.
+Resampling only where the samples disagree keeps the exploration where it can
+matter, and the judge, not the count, decides between the branches.
 
 `rollout_success` gives the paper's rollout definition (success rate of
 continuations from each prefix) for checking the estimate offline (bench/).
@@ -32,6 +45,8 @@ from ponder.engine.logprobs import contrastive_scores
 from ponder.strategies.answers import ANSWER_PATTERN_HELP, extract_answers, needs_answers, vote
 from ponder.strategies.base import Candidate, Context, Query, Result, seeded
 from ponder.strategies.params import Sampler, StrategyParams, param
+from ponder.strategies.tournament import Judge, knockout
+from ponder.strategies.tournament import Params as JudgeParams
 
 # What a 400 says when the contrastive models are not served.
 CONTRAST_HINT = ("critical_tokens scores tokens with a positive and a negative model of the served model: train "
@@ -45,25 +60,39 @@ class Params(StrategyParams):
     missing_models_hint: ClassVar[str] = CONTRAST_HINT
 
     n: int = param(4, "initial candidates", ge=1)
-    rounds: int = param(1, "critical-token resamples per candidate", ge=0, le=16)
+    resample: str = param("dissent", "which candidates are resampled at their critical token: 'dissent' (those "
+                          "outside the plurality answer, when the answers disagree) or 'all'",
+                          choices=("dissent", "all"))
+    rounds: int = param(1, "critical-token resamples per resampled candidate", ge=0, le=16)
     beta: float = param(1.0, "contrast strength", ge=0.0, le=100.0)
     threshold: float = param(1.0, "resample only when the lowest s_t is below this", ge=0.0, le=1.0)
     positive_model: str | None = param(None, "model tuned on correct trajectories (default: <model>-pos)")
     negative_model: str | None = param(None, "model tuned on incorrect ones (default: <model>-neg)")
     top_logprobs: int = param(20, "log-probs per position for the estimate", ge=0, le=20)
-    select: str = param("vote", "'vote', 'score' or 'last'", choices=("vote", "score", "last"))
+    select: str = param("judge", "'judge' (a knockout between one trajectory per answer, judged as in the "
+                        "tournament), 'vote', 'score' (best mean log s_t) or 'last' (the first candidate's last "
+                        "refinement)", choices=("judge", "vote", "score", "last"))
+    k: int = param(2, "select 'judge': judge calls per game, split across both orders", ge=1, le=64)
+    judge_temperature: float = param(0.1, "select 'judge': judge sampling temperature", ge=0.0, le=2.0)
+    judge_max_tokens: int = param(256, "select 'judge': judge reply budget", ge=1, le=8192)
     answer_pattern: str | None = param(None, ANSWER_PATTERN_HELP, pattern=True)
     sampler: Sampler | None = param(None, "strategy that makes each candidate")
 
     def budget(self, per_sample: int) -> int:
-        return self.n * per_sample * (1 + self.rounds)
+        pool = self.n * (1 + self.rounds)
+        games = pool - 1 if self.select == "judge" else 0
+        return pool * per_sample + games * 2 * max(1, self.k // 2) * self.judge_max_tokens
 
     def models(self, model: str) -> list[str]:
         return [self.positive_model or f"{model}-pos", self.negative_model or f"{model}-neg"]
 
     def check_task(self, task: Any) -> None:
-        if self.select == "vote":
-            needs_answers("critical_tokens (select 'vote')", task)
+        if self.select in ("vote", "judge") or self.resample == "dissent":
+            needs_answers(f"critical_tokens (select {self.select!r}, resample {self.resample!r})", task)
+
+    def judge(self) -> JudgeParams:
+        return JudgeParams(n=self.n, k=self.k, judge_temperature=self.judge_temperature,
+                           judge_max_tokens=self.judge_max_tokens, answer_pattern=self.answer_pattern)
 
 
 def critical_position(scores: list[float], threshold: float) -> int | None:
@@ -102,8 +131,8 @@ async def rollout_success(ctx: Context, query: Query, cand: Candidate, correct: 
 async def run(ctx: Context, query: Query, params: Params) -> Result:
     ctx.progress(stage="sample", n=params.n)
     cands, sub = await ctx.sample(query, params.n, params.sampler)
+    answers = await extract_answers(ctx, query.task, [c.text for c in cands], params.answer_pattern)
     tok = ctx.tokenizer(query.model)
-
     positive, negative = params.models(query.model)
 
     async def scores(c: Candidate) -> list[float]:
@@ -133,26 +162,52 @@ async def run(ctx: Context, query: Query, params: Params) -> Result:
             chain.append({"candidate": new, "scores": await scores(new), "critical": None})
         return chain
 
-    chains = await asyncio.gather(*(refine(i, c) for i, c in enumerate(cands)))
+    async def keep(c: Candidate) -> list[dict[str, Any]]:
+        return [{"candidate": c, "scores": await scores(c) if params.select == "score" else None, "critical": None}]
+
+    plurality, _ = vote(answers)
+    chains = await asyncio.gather(*(refine(i, c) if params.resample == "all" or a != plurality else keep(c)
+                                    for i, (c, a) in enumerate(zip(cands, answers))))
     pool = [step for chain in chains for step in chain]
-    answers = await extract_answers(ctx, query.task, [s["candidate"].text for s in pool], params.answer_pattern)
+    resampled = await extract_answers(ctx, query.task, [s["candidate"].text for chain in chains for s in chain[1:]],
+                                      params.answer_pattern)
+    found = iter(resampled)
+    answers = [a if j == 0 else next(found) for chain, a in zip(chains, answers) for j in range(len(chain))]
+    winner, votes = vote(answers)
+    info: dict[str, Any] = {}
+    trace: dict[str, Any] = {}
     if params.select == "last":
         chosen = len(chains[0]) - 1
     elif params.select == "score":
         chosen = max(range(len(pool)), key=lambda j: _mean_log(pool[j]["scores"]))
+    elif params.select == "judge" and len(votes) > 1:
+        chosen, trace["rounds"], info = await _judge(ctx, query, params, [s["candidate"] for s in pool], answers,
+                                                     votes)
     else:
-        winner, _ = vote(answers)
         chosen = answers.index(winner) if winner is not None else 0
     found = iter(answers)
-    trace = {"chains": [[{"text": s["candidate"].text, "answer": next(found), "critical": s["critical"],
-                          "min_s": min(s["scores"], default=None)} for s in chain] for chain in chains],
-             "chosen": chosen}
+    trace |= {"chains": [[{"text": s["candidate"].text, "answer": next(found), "critical": s["critical"],
+                           "min_s": min(s["scores"], default=None) if s["scores"] is not None else None}
+                          for s in chain] for chain in chains],
+              "chosen": chosen}
     if sub:
         trace["samplers"] = sub
-    _, votes = vote(answers)
     return Result(choice=pool[chosen]["candidate"], trace=trace,
                   info={"answer": answers[chosen], "votes": votes, "unextracted": answers.count(None),
-                        "resamples": sum(len(c) - 1 for c in chains)})
+                        "resamples": sum(len(c) - 1 for c in chains), **info})
+
+
+async def _judge(ctx: Context, query: Query, params: Params, pool: list[Candidate], answers: list[str | None],
+                 votes: dict[str, float]) -> tuple[int, list[dict[str, Any]], dict[str, Any]]:
+    """A knockout between the first trajectory of each answer, most supported first; a tied game goes
+    to the answer with more support (then to the one seen first)."""
+    firsts = {a: answers.index(a) for a in votes}
+    players = sorted(firsts.values(), key=lambda j: (-votes[answers[j]], j))
+    rank = {j: r for r, j in enumerate(players)}
+    judge = Judge(ctx, query, params.judge(), pool)
+    winner, rounds = await knockout(ctx, judge, players, answers, lambda a, b: min(a, b, key=rank.__getitem__))
+    return winner, rounds, {"judge_calls": judge.calls, "verdicts": dict(judge.read),
+                            "judge_agreement": Judge.agreement(rounds)}
 
 
 def _mean_log(scores: list[float]) -> float:

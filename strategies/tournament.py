@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import math
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -117,10 +118,26 @@ def verdict_of(margin: float) -> int:
     return 1 if margin > 0 else 2 if margin < 0 else 0
 
 
-def decide(a: int, b: int, score: tuple[float, float], rng: random.Random) -> int:
+def decide(a: int, b: int, score: tuple[float, float], tiebreak: Callable[[int, int], int]) -> int:
+    """The game's winner: the higher score, else `tiebreak(a, b)`."""
     if score[0] != score[1]:
         return a if score[0] > score[1] else b
-    return rng.choice((a, b))
+    return tiebreak(a, b)
+
+
+async def knockout(ctx: Context, judge: Judge, players: list[int], answers: list[str | None],
+                   tiebreak: Callable[[int, int], int]) -> tuple[int, list[dict[str, Any]]]:
+    """Knockout rounds among `players` (indices into the judge's candidates): the winner and the rounds."""
+    rounds: list[dict[str, Any]] = []
+    while len(players) > 1:
+        pairs, bye = knockout_pairs(players)
+        ctx.progress(stage="round", round=len(rounds) + 1, pairs=len(pairs))
+        games = await asyncio.gather(*(judge.play(a, b, answers) for a, b in pairs))
+        for g in games:
+            g["winner"] = decide(g["a"], g["b"], g["score"], tiebreak)
+        players = ([bye] if bye is not None else []) + [g["winner"] for g in games]
+        rounds.append({"games": games, "bye": bye})
+    return players[0], rounds
 
 
 def failure_bound(p_gen: float, p_comp: float, n: int, k: int) -> float:
@@ -136,8 +153,7 @@ async def run(ctx: Context, query: Query, params: Params) -> Result:
     cands, sub = await ctx.sample(query, params.n, params.sampler)
     answers = await extract_answers(ctx, query.task, [c.text for c in cands], params.answer_pattern)
     rng = random.Random(query.spec.seed)
-    judge = _Judge(ctx, query, params, cands)
-    rounds: list[dict[str, Any]] = []
+    judge = Judge(ctx, query, params, cands)
     if params.league:
         totals = [0.0] * len(cands)
         ctx.progress(stage="league", pairs=len(league_pairs(len(cands), params.m)))
@@ -147,20 +163,11 @@ async def run(ctx: Context, query: Query, params: Params) -> Result:
             totals[g["b"]] += g["score"][1]
         best = max(totals)
         winner = rng.choice([i for i, t in enumerate(totals) if t == best])
-        rounds.append({"games": games, "totals": totals})
+        rounds = [{"games": games, "totals": totals}]
     else:
-        players = list(range(len(cands)))
-        while len(players) > 1:
-            pairs, bye = knockout_pairs(players)
-            ctx.progress(stage="round", round=len(rounds) + 1, pairs=len(pairs))
-            games = await asyncio.gather(*(judge.play(a, b, answers) for a, b in pairs))
-            for g in games:
-                g["winner"] = decide(g["a"], g["b"], g["score"], rng)
-            players = ([bye] if bye is not None else []) + [g["winner"] for g in games]
-            rounds.append({"games": games, "bye": bye})
-        winner = players[0]
-    judged = [g for r in rounds for g in r["games"] if g["calls"]]
-    agreement = _mean([max(g["agreement"]) / len(g["calls"]) for g in judged])
+        winner, rounds = await knockout(ctx, judge, list(range(len(cands))), answers,
+                                        lambda a, b: rng.choice((a, b)))
+    agreement = judge.agreement(rounds)
     p_gen = _mean([a is not None and a == answers[winner] for a in answers])
     info = {"winner": winner, "answer": answers[winner], "judge_calls": judge.calls, "verdicts": dict(judge.read),
             "unextracted": answers.count(None), "judge_agreement": agreement, "p_gen_est": p_gen,
@@ -186,8 +193,9 @@ def _mean(xs: list) -> float | None:
     return sum(xs) / len(xs) if xs else None
 
 
-class _Judge:
-    """Plays one pair: K calls split across orders, all at once."""
+class Judge:
+    """Plays pairs of candidates: K calls per pair split across both orders, all at once; counts how
+    every verdict was read."""
 
     def __init__(self, ctx: Context, query: Query, params: Params, cands: list[Candidate]):
         self.ctx, self.query, self.params, self.cands = ctx, query, params, cands
@@ -198,6 +206,12 @@ class _Judge:
                                        logprobs=None, stop=(), logit_bias=(), masked=())
         self.calls = 0
         self.read = {"written": 0, "constrained": 0, "unread": 0}  # how each judge call's verdict was read
+
+    @staticmethod
+    def agreement(rounds: list[dict[str, Any]]) -> float | None:
+        """Mean share of a judged game's calls that agree with its majority: the estimate of p_comp."""
+        judged = [g for r in rounds for g in r["games"] if g["calls"]]
+        return _mean([max(g["agreement"]) / len(g["calls"]) for g in judged])
 
     async def play(self, a: int, b: int, answers: list[str | None]) -> dict[str, Any]:
         game: dict[str, Any] = {"a": a, "b": b, "calls": [], "score": (0.5, 0.5)}

@@ -52,7 +52,7 @@ def test_streaming_direct_matches_non_streaming(client):
     {"name": "tournament", "n": 4, "k": 2},
     {"name": "reverse_verify", "n": 4, "m": 2},
     {"name": "critical_tokens", "n": 2, "rounds": 1},
-    {"name": "tournament", "n": 4, "sampler": {"name": "critical_tokens", "n": 1, "select": "last"}},
+    {"name": "tournament", "n": 4, "sampler": {"name": "critical_tokens", "n": 1, "resample": "all", "select": "last"}},
 ])
 def test_every_strategy_streams_the_answer_it_returns(client, strategy):
     kw = dict(model=MODEL, messages=ask(), temperature=0.8, seed=11, max_tokens=200,

@@ -1,5 +1,4 @@
 import math
-import random
 
 import pytest
 
@@ -31,7 +30,7 @@ def test_budget_counts_judges_and_nested_samplers():
     _, p = strategies.resolve({"name": "tournament", "n": 8, "k": 2, "judge_max_tokens": 100})
     assert strategies.budget(p, 50) == 8 * 50 + 7 * 2 * 100
     _, p = strategies.resolve({"name": "self_consistency", "n": 3, "sampler": {"name": "critical_tokens", "n": 2}})
-    assert strategies.budget(p, 10) == 3 * (2 * 10 * 2)
+    assert strategies.budget(p, 10) == 3 * (2 * 2 * 10 + 3 * 2 * 256)  # 4 trajectories, up to 3 judged games
     assert strategies.samples(p) == 6
 
 
@@ -70,10 +69,8 @@ def test_verdicts_and_tie_breaks():
     assert tm.read_verdict(ARITH, "Winner: Tie", None) == 0
     assert tm.read_verdict(ARITH, "gibberish", None) is None
     assert tm.read_verdict(ARITH, "Best: Solution 1", r"Best: (Solution \d)") == 1
-    assert tm.decide(3, 5, (2.0, 0.0), random.Random(0)) == 3
-    picks = {tm.decide(3, 5, (1.0, 1.0), random.Random(s)) for s in range(20)}
-    assert picks == {3, 5}
-    assert tm.decide(3, 5, (1.0, 1.0), random.Random(7)) == tm.decide(3, 5, (1.0, 1.0), random.Random(7))
+    assert tm.decide(3, 5, (2.0, 0.0), max) == 3 and tm.decide(3, 5, (0.0, 2.0), min) == 5
+    assert tm.decide(3, 5, (1.0, 1.0), max) == 5  # a tie goes to the tie-break
 
 
 def test_failure_bound():
@@ -193,20 +190,32 @@ async def test_composition_runs_the_sampler_per_candidate(tok):
     assert len(res.trace["samplers"]) == 4 and ctx.calls == 4 * 1 + res.info["judge_calls"]
 
 
-async def test_critical_tokens_masks_inside_the_engine(tok):
-    engine = scripted(tok)
+def contrast(tok, engine):
+    """Scripted -pos/-neg scoring: both like every token, except that the positive model shuns token 2,
+    which is so the critical one; returns the scored continuations."""
+    scored = []
 
     async def score(prompt, continuation, rid, *, model=None, top_logprobs=0):
-        # Both like every token, except that the positive model shuns token 2: that one is critical.
+        scored.append((model, tuple(continuation)))
         other = len(tok) - 1
         return [lp(t, {t: -0.1, other: -3.0} if model == "neg" or i != 2 else {t: -3.0, other: -0.1})
                 for i, t in enumerate(continuation)]
 
     engine.score = score
+    return scored
+
+
+async def critical_tokens(tok, **params):
+    engine = scripted(tok)
+    scored = contrast(tok, engine)
     ctx = Context(lambda m: (engine, m if m != "fake" else None), "req")
-    strategy, p = strategies.resolve({"name": "critical_tokens", "n": 2, "rounds": 1, "positive_model": "pos",
-                                      "negative_model": "neg"})
-    res = await strategy.run(ctx, query(ctx, engine), p)
+    strategy, p = strategies.resolve({"name": "critical_tokens", "positive_model": "pos", "negative_model": "neg",
+                                      **params})
+    return await strategy.run(ctx, query(ctx, engine), p), ctx, engine, scored
+
+
+async def test_critical_tokens_masks_inside_the_engine(tok):
+    res, _, engine, _ = await critical_tokens(tok, n=2, rounds=1, resample="all")
     resampled = [(prompt, spec.masked) for prompt, spec, _ in engine.calls if spec.masked]
     assert len(resampled) == 2 and res.info["resamples"] == 2
     for (prompt, masked), chain in zip(resampled, res.trace["chains"]):
@@ -214,6 +223,21 @@ async def test_critical_tokens_masks_inside_the_engine(tok):
         assert chain[0]["critical"]["position"] == 2
         assert masked == ((0, first[2]),)  # banned at the first new position...
         assert prompt.endswith(tok.decode(first[:2]))  # ...after the prefix before it
+
+
+async def test_critical_tokens_resamples_the_dissent_and_the_judge_decides(tok):
+    # Seeds 1..8: the candidates of seeds 4 and 8 answer 7 (right), the other six 8; the judge prefers 7.
+    res, ctx, engine, scored = await critical_tokens(tok, n=8, rounds=1)
+    chains = res.trace["chains"]
+    assert [len(c) for c in chains] == [1, 1, 1, 2, 1, 1, 1, 2]  # only the two dissenters are resampled
+    assert res.info["resamples"] == 2 and len(scored) == 2 * 4  # each dissenter and its resample, by -pos and -neg
+    assert res.info["answer"] == "7" and res.info["judge_calls"] > 0
+    assert all(g["a"] != g["b"] for r in res.trace["rounds"] for g in r["games"])
+    voted, _, _, _ = await critical_tokens(tok, n=8, rounds=1, select="vote")
+    assert voted.info["answer"] == "8"
+    # Unanimous candidates: no scoring, no resample, no judge; self_consistency's cost.
+    same, ctx, engine, scored = await critical_tokens(tok, n=2)
+    assert same.info["answer"] == "8" and same.info["resamples"] == 0 and scored == [] and ctx.calls == 1
 
 
 async def test_logprob_judge_cancels_a_position_bias(tok):
@@ -236,12 +260,12 @@ async def test_logprob_judge_cancels_a_position_bias(tok):
              for t in ("3 + 4 = 7\nAnswer: 7", "3 + 4 = 8\nAnswer: 8")]
     answers = ["7", "8"]
     for mode, expect in (("logprob", (0, 0)), ("text", None)):
-        judge = tm._Judge(ctx, q, tm.Params(n=2, k=2, judge=mode), cands)
+        judge = tm.Judge(ctx, q, tm.Params(n=2, k=2, judge=mode), cands)
         games = [await judge.play(0, 1, answers), await judge.play(1, 0, answers)]
         if expect is None:
             assert [g["score"] for g in games] == [(1.0, 1.0), (1.0, 1.0)]  # a tie: the coin decides
         else:
-            winners = tuple(tm.decide(g["a"], g["b"], g["score"], random.Random(0)) for g in games)
+            winners = tuple(tm.decide(g["a"], g["b"], g["score"], min) for g in games)
             assert winners == expect
             assert games[0]["margin"] == pytest.approx(1.0) and games[1]["margin"] == pytest.approx(-1.0)
 
