@@ -26,7 +26,9 @@ has never seen a problem solved (RevThink's student, trainers/revthink.py):
 equations) and `numbers` (a question -> the numbers it states, in order).
 
 Splits are decided by a hash of the arithmetic chain (not of its wording), so
-train, validation and test never share a problem.
+train, validation and test never share a problem. The `hard` split holds
+chains of 6-7 steps (HARD) from the test split's hash bucket: longer than most
+of training's, and never trained on.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 OPS = ("+", "-", "*", "/")
-SPLITS = ("train", "val", "test")
+SPLITS = ("train", "val", "test", "hard")
 FORMATS = ("forward", "backward_question", "backward", "judge")
 # the four formats plus the student base's three (module docstring)
 PRETRAIN_FORMATS = (*FORMATS, "question", "arithmetic", "numbers")
@@ -68,6 +70,9 @@ class ArithConfig:
             raise ValueError("need 1 <= min_steps <= max_steps")
         if self.max_addend < 10 or self.max_factor < 2 or self.max_value < 100:
             raise ValueError("max_addend >= 10, max_factor >= 2, max_value >= 100")
+
+
+HARD = ArithConfig(min_steps=6, max_steps=7)  # the hard split's chains (issue 31)
 
 
 @dataclass(frozen=True)
@@ -302,20 +307,23 @@ def split_of(problem: Problem) -> str:
     return "test" if bucket == 0 else "val" if bucket == 1 else "train"
 
 
-def problems(split: str, seed: int = 0, cfg: ArithConfig = ArithConfig()) -> Iterator[Problem]:
-    """An endless, reproducible stream of distinct problems of one split."""
+def problems(split: str, seed: int = 0, cfg: ArithConfig | None = None) -> Iterator[Problem]:
+    """An endless, reproducible stream of distinct problems of one split (`cfg`: HARD for the hard
+    split, else the default difficulty)."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}")
+    cfg = cfg or (HARD if split == "hard" else ArithConfig())
+    bucket = "test" if split == "hard" else split
     rng = random.Random(f"{seed}-{split}")
     seen: set[str] = set()
     while True:
         p = sample_problem(rng, cfg)
-        if split_of(p) == split and p.key not in seen:
+        if split_of(p) == bucket and p.key not in seen:
             seen.add(p.key)
             yield p
 
 
-def dataset(split: str, n: int, seed: int = 0, cfg: ArithConfig = ArithConfig()) -> list[Problem]:
+def dataset(split: str, n: int, seed: int = 0, cfg: ArithConfig | None = None) -> list[Problem]:
     stream = problems(split, seed, cfg)
     return [next(stream) for _ in range(n)]
 

@@ -27,6 +27,10 @@ def test_splits_never_share_a_problem():
     assert not keys["train"] & keys["test"]
     assert not keys["train"] & keys["val"]
     assert not keys["val"] & keys["test"]
+    # hard: longer chains from the test bucket, so no training problem of any length is one of them
+    assert not keys["hard"] & (keys["train"] | keys["val"] | keys["test"])
+    hard = arith.dataset("hard", 50)
+    assert {len(p.steps) for p in hard} == {6, 7} and all(arith.split_of(p) == "test" for p in hard)
 
 
 def test_splits_are_reproducible():
