@@ -3,7 +3,8 @@
     python bench/nas_pareto.py --run runs/nas --out bench/results/nas_pareto
 
 Needs a run folder through `ponder nas mip`. For the parent, the MIP child of
-each throughput target (its first architecture), and the uniform baseline of
+each throughput target (the one `ponder nas pick` chose by measured held-out KL,
+else the MIP's first architecture), and the uniform baseline of
 the same target, all distilled the same way (BLD, then GKD with --gkd-steps),
 plus each MIP child with BLD only (what GKD adds):
   - greedy accuracy on --problems held-out test problems, through vLLM;
@@ -98,7 +99,9 @@ def prepare(cfg: BenchConfig) -> list[dict]:
     """The models to measure: GKD (and for MIP children BLD-only) exports of each child."""
     space = Space.read(cfg.run)
     plan = mip.read_plan(cfg.run)
-    picked = [c | {"kind": "mip"} for c in plan["children"] if cfg.alternatives or not c.get("alternative")]
+    chosen = set(plan.get("picked", {}).values())  # `ponder nas pick`: each target's lowest measured KL
+    picked = [c | {"kind": "mip"} for c in plan["children"]
+              if cfg.alternatives or (c["name"] in chosen if chosen else not c.get("alternative"))]
     picked += [c | {"kind": "uniform"} for c in plan["uniform"]]
     models = []
     for c in picked:

@@ -8,6 +8,7 @@ Each step is a command over one run folder, cached on disk and resumable:
     ponder nas score  --run runs/nas                               # 3. replace-one-block KL (+ accuracy)
     ponder nas costs  --run runs/nas --batch-size 64               # 4. prefill/decode time per variant on vLLM
     ponder nas mip    --run runs/nas --speedups 1.25,1.5,2.0       # 5. one variant per sub-block (HiGHS)
+    ponder nas pick   --run runs/nas                               # 5b. each target's child by measured KL
     ponder nas gkd    --run runs/nas --child x1.50                 # 6. global distillation of a child
     ponder nas export --run runs/nas --child x1.50 --out models/ponder-small-puzzle   # 7. DeciLM checkpoint
 """
@@ -23,6 +24,7 @@ COMMANDS = {
     "score": "ponder.nas.score",
     "costs": "ponder.nas.costs",
     "mip": "ponder.nas.mip",
+    "pick": "ponder.nas.pick",
     "gkd": "ponder.nas.gkd",
     "export": "ponder.nas.export",
 }

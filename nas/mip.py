@@ -199,9 +199,7 @@ def plan(cfg: MipConfig) -> dict:
             best = min(fits, key=lambda c: total(options, c)[0])
             uniform.append(describe(f"uniform-x{s:.2f}", s, best, options, parent, fixed, n_layers))
     record = {"settings": asdict(cfg), "children": children, "uniform": uniform, "infeasible": infeasible}
-    tmp = space.run / "mip.json.tmp"
-    tmp.write_text(json.dumps(record, indent=1) + "\n")
-    os.replace(tmp, space.run / "mip.json")
+    write_plan(space.run, record)
     print_plan(record)
     return record
 
@@ -216,6 +214,13 @@ def print_plan(record: dict) -> None:
               f"prefill {p['prefill_ratio']:.2f}  memory {p['memory_ratio']:.2f}  | {layers}")
     for miss in record["infeasible"]:
         print(f"no architecture meets x{miss['target']} (alternative {miss['alternative']})")
+
+
+def write_plan(run: str | os.PathLike, record: dict) -> None:
+    tmp = os.path.join(run, "mip.json.tmp")
+    with open(tmp, "w") as f:
+        f.write(json.dumps(record, indent=1) + "\n")
+    os.replace(tmp, os.path.join(run, "mip.json"))
 
 
 def read_plan(run: str) -> dict:

@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoConfig, LlamaForCausalLM
 
-from ponder.nas import bld, costs, data, evaluate, gkd, mip, score, space
+from ponder.nas import bld, costs, data, evaluate, gkd, mip, pick, score, space
 from ponder.nas.decilm import KINDS, BlockConfig, HeteroConfig, HeteroLlama, load, sub_block_params
 from ponder.nas.export import export
 from ponder.trainers.pretrain import ModelPreset
@@ -220,6 +220,14 @@ def test_pipeline_costs_mip_gkd_export(run, tok, monkeypatch, tmp_path):
     for c in plan["children"] + plan["uniform"]:
         assert c["predicted"]["decode_speedup"] >= c["target"] - 1e-9
         assert c["blocks"][0]["attention"] != "noop"
+    # each target's pick: the MIP architecture of least measured held-out KL of the whole child
+    picked = pick.pick(pick.PickConfig(run=str(run)))
+    assert picked == mip.read_plan(str(run))
+    for t in ("1.05", "1.15"):
+        mine = [c for c in picked["children"] if f"{c['target']:.2f}" == t]
+        kl = {c["name"]: c["measured_kl"] for c in mine}
+        assert len(mine) == 2 and kl[picked["picked"][t]] == min(kl.values())
+    assert all(c["measured_kl"] >= 0 for c in picked["children"] + picked["uniform"])
 
     # GKD on a child the random parent is far from (a MIP child of it is already close)
     damaged = {"name": "damaged", "target": 0, "blocks": [{"attention": "gqa2", "ffn": "ffn25"},
