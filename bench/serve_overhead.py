@@ -71,20 +71,21 @@ async def one_round(client: AsyncOpenAI, model: str, prompts: list[str], max_tok
     return time.perf_counter() - t0, results
 
 
-async def measure(urls: dict[str, str], model: str, prompts: list[str], rounds: int, max_tokens: int) -> dict:
+async def measure(urls: dict[str, str], models: dict[str, str], prompts: list[str], rounds: int,
+                  max_tokens: int) -> dict:
     """Warm both servers up, then `rounds` rounds each in ABBA order (A B, B A, A B, ...), so a drift of
-    the machine's speed during the run falls on both alike."""
+    the machine's speed during the run falls on both alike. `models`: the model each server is asked for."""
     clients = {name: AsyncOpenAI(base_url=url, api_key="EMPTY", max_retries=0, timeout=600)
                for name, url in urls.items()}
     walls = {name: [] for name in urls}
     lats = {name: [] for name in urls}
     tokens = dict.fromkeys(urls, 0)
-    for client in clients.values():
-        await one_round(client, model, prompts, max_tokens)  # warm-up
+    for name, client in clients.items():
+        await one_round(client, models[name], prompts, max_tokens)  # warm-up
     names = list(urls)
     for r in range(rounds):
         for name in names if r % 2 == 0 else names[::-1]:
-            wall, results = await one_round(clients[name], model, prompts, max_tokens)
+            wall, results = await one_round(clients[name], models[name], prompts, max_tokens)
             walls[name].append(wall)
             lats[name] += [lat for lat, _ in results]
             tokens[name] += sum(n for _, n in results)
@@ -111,7 +112,8 @@ def main() -> None:
         for name, port in (("vLLM", free_port()), ("ponder", free_port())):
             procs.append(start(commands(args.model, port)[name], port))
             urls[name] = f"http://127.0.0.1:{port}/v1"
-        results = asyncio.run(measure(urls, Path(args.model).name, prompts, args.rounds, args.max_tokens))
+        models = dict.fromkeys(urls, Path(args.model).name)
+        results = asyncio.run(measure(urls, models, prompts, args.rounds, args.max_tokens))
     finally:
         for proc in procs:
             proc.terminate()
