@@ -44,6 +44,9 @@ class GkdConfig:
     child: str = field(metadata={"help": "a child of run/mip.json by name (x1.50, x1.50-alt1, uniform-x1.50)"})
     steps: int = field(default=300, metadata={"help": "optimizer steps"})
     batch_size: int = field(default=16, metadata={"help": "examples per step"})
+    micro_batch: int = field(default=4, metadata={
+        "help": "examples per forward pass; gradients accumulate over the step (memory: a 49k vocabulary's "
+                "[B, T, V] log-probs are 0.8 GB each at 16 x 256)"})
     lr: float = field(default=3e-4, metadata={"help": "peak learning rate (AdamW)"})
     min_lr_ratio: float = field(default=0.1, metadata={"help": "cosine floor as a fraction of lr"})
     warmup: int = field(default=20, metadata={"help": "linear warm-up steps"})
@@ -78,6 +81,21 @@ def gkd_loss(child_out, parent_out, mask: torch.Tensor, loss_type: str) -> torch
     return loss
 
 
+def accumulate(child, parent, batch, micro_batch: int, loss_type: str) -> float:
+    """Backward of one step's GKD loss, micro-batch by micro-batch (each weighted by its share of the
+    step's tokens, so the gradient is the whole batch's); returns the step's loss."""
+    mask = batch.token_mask()
+    total = 0.0
+    for i in range(0, len(mask), micro_batch):
+        ids, m = batch.ids[i : i + micro_batch], mask[i : i + micro_batch]
+        with torch.no_grad():
+            teacher = parent(ids)
+        loss = gkd_loss(child(ids), teacher, m, loss_type) * (m.sum() / mask.sum())
+        loss.backward()
+        total += loss.item()
+    return total
+
+
 def child_dir(run: str | Path, child: str) -> Path:
     return Path(run) / "children" / child
 
@@ -101,7 +119,7 @@ def train(cfg: GkdConfig) -> Path:
     out = child_dir(cfg.run, cfg.child) / "gkd"
     if (out / "weights.safetensors").exists():
         done_with = json.loads((out / "record.json").read_text())["config"]
-        if same_settings(done_with, asdict(cfg)):
+        if same_settings(done_with, asdict(cfg), ignore=("threads", "micro_batch")):
             print(f"{out} is done")
             return out
         raise SystemExit(f"ponder nas: {out} was trained with other settings ({done_with}); remove it to retrain")
@@ -109,8 +127,7 @@ def train(cfg: GkdConfig) -> Path:
     text = space.text(cfg.mix, cfg.max_len)
     parent.requires_grad_(False)
     child = build_child(space, cfg.child, "bld")
-    heldout = text.heldout(cfg.eval_examples, 16)
-    ref = evaluate.reference(parent, heldout)
+    heldout = text.heldout(cfg.eval_examples, cfg.micro_batch)
     opt = torch.optim.AdamW(child.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.0)
     ckpt = out / "checkpoint"
     losses: list[float] = []
@@ -121,8 +138,8 @@ def train(cfg: GkdConfig) -> Path:
         opt.load_state_dict(state["optimizer"])
         start, losses, spent, kl_before = state["step"], state["losses"], state["seconds"], state["kl_before"]
         print(f"resuming {out} at step {start}")
-    if kl_before is None:
-        kl_before = evaluate.mean_kl(child, heldout, ref)
+    if kl_before is None:  # the parent's held-out log-probs are GBs: computed when needed, not kept
+        kl_before = evaluate.mean_kl(child, heldout, evaluate.reference(parent, heldout))
     print(f"GKD of {cfg.child}: held-out KL(parent || child) {kl_before:.4f}; config {json.dumps(asdict(cfg))}")
 
     def checkpoint(step: int) -> None:
@@ -138,20 +155,17 @@ def train(cfg: GkdConfig) -> Path:
     for step in bar:
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg)
-        batch = text.train_batch(step, cfg.seed, cfg.batch_size)
-        with torch.no_grad():
-            teacher = parent(batch.ids)
-        loss = gkd_loss(child(batch.ids), teacher, batch.token_mask(), cfg.loss_type)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        loss = accumulate(child, parent, text.train_batch(step, cfg.seed, cfg.batch_size), cfg.micro_batch,
+                          cfg.loss_type)
         torch.nn.utils.clip_grad_norm_(child.parameters(), 1.0)
         opt.step()
-        losses.append(loss.item())
+        losses.append(loss)
         bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.4f}")
         if (step + 1) % cfg.ckpt_every == 0 and step + 1 < cfg.steps:
             checkpoint(step + 1)
     child.eval()
-    kl_after = evaluate.mean_kl(child, heldout, ref)
+    kl_after = evaluate.mean_kl(child, heldout, evaluate.reference(parent, heldout))
     print(f"held-out KL(parent || child): {kl_before:.4f} -> {kl_after:.4f}")
 
     def final(d: Path) -> None:

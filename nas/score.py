@@ -103,6 +103,12 @@ def score(cfg: ScoreConfig) -> dict:
     record = json.loads(path.read_text()) if path.exists() else {}
     if record.get("settings") != settings:
         record = {"settings": settings, "kl": {}, "accuracy": {}}
+    problems = arith.dataset("val", cfg.accuracy_problems, seed=0) if cfg.accuracy_problems else []
+    todo = [v for v in space.variants if v.key not in record["kl"]
+            or (cfg.wants_accuracy(v) and v.key not in record["accuracy"])]
+    if not todo and (not problems or "parent_accuracy" in record):  # done: no forward pass at all
+        print_table(space, record)
+        return record
     parent, tok = space.parent(), space.tokenizer()
     variants = trained(space)
     text = space.text(cfg.mix, cfg.max_len)
@@ -110,12 +116,9 @@ def score(cfg: ScoreConfig) -> dict:
     print(f"held-out text: {text.source}, {sum(int(b.mask.sum()) for b in batches)} tokens")
     ref = evaluate.reference(parent, batches)
     states = evaluate.layer_inputs(parent, batches)
-    problems = arith.dataset("val", cfg.accuracy_problems, seed=0) if cfg.accuracy_problems else []
     if problems and "parent_accuracy" not in record:
         record["parent_accuracy"] = evaluate.accuracy(parent, tok, problems, cfg.max_new_tokens)
         write_json(path, record)
-    todo = [v for v in space.variants if v.key not in record["kl"]
-            or (cfg.wants_accuracy(v) and v.key not in record["accuracy"])]
     bar = tqdm(todo, desc="replace-one-block", mininterval=30)
     for v in bar:
         bar.set_postfix(variant=v.key)

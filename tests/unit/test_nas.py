@@ -250,6 +250,22 @@ def test_pipeline_costs_mip_gkd_export(run, tok, monkeypatch, tmp_path):
     assert again.config().blocks == model.config().blocks
 
 
+def test_gkd_micro_batches_give_the_whole_batch_gradient(parent_dir, tok):
+    parent = load(parent_dir).eval()
+    batch = data.heldout(tok, 4, 4, "forward=1,judge=1")[0]  # rows of unequal length: padding differs
+    grads = []
+    for micro in (4, 1, 3):
+        child = load(parent_dir)
+        child.layers[1] = child.layers[1].with_part("attention", bld.empty_layer())
+        loss = gkd.accumulate(child, parent, batch, micro, "cosine_kl")
+        grads.append((loss, [p.grad.clone() for p in child.parameters() if p.grad is not None]))
+    (loss, whole), *parts = grads
+    assert loss > 0
+    for part_loss, part in parts:
+        assert part_loss == pytest.approx(loss, rel=1e-5)
+        assert all(torch.allclose(a, b, atol=1e-6, rtol=1e-4) for a, b in zip(whole, part))
+
+
 def test_exported_decilm_checkpoint(parent_dir, tmp_path, tok):
     """A mixed child: the config vLLM reads, no tensors for no-ops, and a round trip through ponder's loader."""
     parent = load(parent_dir)
