@@ -13,6 +13,7 @@ from tests.e2e.conftest import KEY
 MODEL = NAME
 PROBLEMS = arith.dataset("test", 64)
 Q = PROBLEMS[0].question()
+VARIED = arith.dataset("hard", 1)[0].question()  # an 8-step chain: unlike Q's, its samples differ
 
 
 def ask(q: str = Q) -> list[dict]:
@@ -91,7 +92,7 @@ def test_strategy_by_path(server):
 
 
 def test_n_choices_and_seed_reproducibility(client):
-    kw = dict(model=MODEL, messages=ask(), temperature=1.0, max_tokens=200, n=3, seed=1234)
+    kw = dict(model=MODEL, messages=ask(VARIED), temperature=1.0, max_tokens=200, n=3, seed=1234)
     a, b = client.chat.completions.create(**kw), client.chat.completions.create(**kw)
     texts = [c.message.content for c in a.choices]
     assert len(texts) == 3 and [c.index for c in a.choices] == [0, 1, 2]

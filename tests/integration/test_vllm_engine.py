@@ -8,6 +8,7 @@ from ponder.engine.protocol import SamplingSpec, collect
 from ponder.tasks import ARITH, arith
 
 Q = arith.dataset("test", 1)[0].question()
+VARIED = arith.dataset("hard", 1)[0].question()  # an 8-step chain: unlike Q's, its samples differ
 GREEDY = SamplingSpec(max_tokens=64, temperature=0.0)
 
 
@@ -26,7 +27,7 @@ async def test_streamed_deltas_join_to_the_final_output(engine, render):
 
 
 async def test_seeds_reproduce_and_differ(engine, render):
-    ids = render(Q)
+    ids = render(VARIED)
     spec = SamplingSpec(max_tokens=64, temperature=1.0, seed=7)
     a, b, c = await asyncio.gather(*(gen(engine, ids, s, f"seed-{i}")
                                      for i, s in enumerate([spec, spec, spec.replace(seed=8)])))
@@ -36,7 +37,7 @@ async def test_seeds_reproduce_and_differ(engine, render):
 
 
 async def test_n_samples_in_one_call_are_distinct_and_reproducible(engine, render):
-    ids = render(Q)
+    ids = render(VARIED)
     spec = SamplingSpec(max_tokens=64, temperature=1.0, seed=7, logprobs=2)
     a, b = await asyncio.gather(engine.sample(ids, spec, 8, "n-a"), engine.sample(ids, spec, 8, "n-b"))
     assert len(a) == 8 and [o.token_ids for o in a] == [o.token_ids for o in b]
