@@ -33,7 +33,7 @@ step score --run "$RUN" --examples 82 --max-len 256 --batch-size 8 --accuracy-pr
 step costs --run "$RUN" --batch-size 64
 [ -f "$RUN/mip.json" ] || step mip --run "$RUN" --speedups 1.5,2.0 --alternatives 3  # a rerun would drop pick's KLs
 step pick --run "$RUN" --threads 1
-for child in x1.50 x2.00 uniform-x1.50 uniform-x2.00; do  # ~45 s/step on one core: ~1.9 h each
+for child in x1.50 uniform-x1.50 x2.00 uniform-x2.00; do  # each pick beside its baseline, ~45 s/step on one core: ~1.9 h each
     step gkd --run "$RUN" --child "$child" --steps 150 --warmup 10 --batch-size 16 --max-len 256 --ckpt-every 10 --threads 1
 done
 echo "$(date -Is) pipeline: gkd is done; next: python bench/nas_pareto.py --run $RUN --data facts --serve-rounds 8"

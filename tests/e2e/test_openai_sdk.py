@@ -160,6 +160,13 @@ def unfinished(server) -> float:
     return server.metric("ponder_engine_unfinished_requests")
 
 
+def disconnects(server) -> float:
+    try:
+        return server.metric('ponder_requests_total{endpoint="chat",status="disconnect",strategy="tournament"}')
+    except KeyError:  # none yet
+        return 0.0
+
+
 async def wait_idle(server, timeout: float = 20) -> None:
     for _ in range(int(timeout * 10)):
         if unfinished(server) == 0:
@@ -168,40 +175,46 @@ async def wait_idle(server, timeout: float = 20) -> None:
     raise AssertionError(f"{unfinished(server)} requests still running in the engine")
 
 
+async def until_busy(server, post: asyncio.Future | None = None) -> float:
+    """Poll /metrics without blocking the loop until the engine has work (or `post` is done)."""
+    async with httpx.AsyncClient(timeout=10) as http:
+        for _ in range(3000):
+            text = (await http.get(server.url("/metrics"))).text
+            running = next(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                           if line.startswith("ponder_engine_unfinished_requests"))
+            if running > 0 or (post is not None and post.done()):
+                return running
+            await asyncio.sleep(0.01)
+    return 0.0
+
+
 async def test_disconnect_mid_strategy_aborts_engine_calls(server):
-    # At temperature 2 candidates and judges run to max_tokens and differ, so no round is a few cached
-    # decode steps: at temperature 1 a confident model can write 32 equal candidates, and then every judge
-    # prompt is a prefix-cache hit and all five rounds can end before /metrics is read.
+    # At temperature 2 the judges differ and write long replies, so each of the five rounds takes seconds.
     body = {"model": MODEL, "messages": ask(), "max_tokens": 256, "temperature": 2.0, "seed": 7,
             "strategy": {"name": "tournament", "n": 32, "k": 4, "judge_same_answer": True,
                          "judge_temperature": 2.0}}
     headers = {"Authorization": f"Bearer {KEY}"}
+    left = disconnects(server)
     async with httpx.AsyncClient(timeout=60) as http:
         async with http.stream("POST", server.url("/v1/chat/completions"), json={**body, "stream": True},
                                headers=headers) as r:
-            async for line in r.aiter_lines():
+            # Held in a name: leaving an unnamed `async for` finalizes the iterator, which closes the
+            # stream at the next await, before the judges are seen running.
+            lines = r.aiter_lines()
+            async for line in lines:
                 if line.startswith(": ponder") and "round" in line:
-                    break  # candidates done, judges running: walk away
-            # the first round's judges may be done by the time the event is read: later rounds follow
-            for _ in range(100):
-                if (busy := unfinished(server)) > 0:
-                    break
-                await asyncio.sleep(0.05)
-            assert busy > 0
+                    break  # candidates done: the judges are being added to the engine
+            assert await until_busy(server) > 0
+        # the client leaves mid-strategy: the server counts a disconnect and aborts every engine call
     await wait_idle(server)
+    assert disconnects(server) == left + 1
     async with httpx.AsyncClient(timeout=60) as http:  # non-streaming: the client leaves mid-strategy
         post = asyncio.ensure_future(http.post(server.url("/v1/chat/completions"), json=body, headers=headers))
-        running = 0.0
-        for _ in range(3000):  # polled without blocking the loop that sends the request
-            text = (await http.get(server.url("/metrics"))).text
-            running = next(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-                           if line.startswith("ponder_engine_unfinished_requests"))
-            if running > 0 or post.done():
-                break
-            await asyncio.sleep(0.01)
+        running = await until_busy(server, post)
         assert not post.done() and running > 0
         post.cancel()
     await wait_idle(server)
+    assert disconnects(server) == left + 2
 
 
 async def test_64_concurrent_seeded_requests_keep_the_engine_up(server, aclient):
