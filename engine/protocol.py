@@ -33,11 +33,17 @@ class SamplingSpec:
     # (position in the output, token id): forbid that token at that position.
     # Implemented inside vLLM by ponder's logits processor.
     masked: tuple[tuple[int, int], ...] = ()
+    ignore_eos: bool = False  # vLLM's extension: generate past the end-of-sequence token, to max_tokens
 
     def replace(self, **changes: Any) -> SamplingSpec:
         from dataclasses import replace
 
         return replace(self, **changes)
+
+    def internal(self, **changes: Any) -> SamplingSpec:
+        """A spec for ponder's own calls (judges, backward questions): how the request shapes its
+        answer (stop, logprobs, logit_bias, masks, ignore_eos) does not apply to them."""
+        return self.replace(logprobs=None, stop=(), logit_bias=(), masked=(), ignore_eos=False, **changes)
 
 
 @dataclass(frozen=True)

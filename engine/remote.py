@@ -153,6 +153,8 @@ class RemoteEngine:
             body["logprobs"] = spec.logprobs
         if spec.logit_bias:
             body["logit_bias"] = {str(t): b for t, b in spec.logit_bias}
+        if spec.ignore_eos:
+            body["ignore_eos"] = True
         if spec.masked:
             body["vllm_xargs"] = {"ponder_mask": [x for m in spec.masked for x in m]}
         return body

@@ -145,6 +145,7 @@ class VllmEngine:
             presence_penalty=spec.presence_penalty,
             frequency_penalty=spec.frequency_penalty,
             logit_bias=dict(spec.logit_bias) or None,
+            ignore_eos=spec.ignore_eos,
             extra_args={"ponder_mask": [x for m in spec.masked for x in m]} if spec.masked else None,
             output_kind=RequestOutputKind.DELTA if stream else RequestOutputKind.FINAL_ONLY,
         )

@@ -85,6 +85,8 @@ class _Common(StrictModel):
     frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     logit_bias: dict[str, float] | None = None
     user: str | None = None
+    ignore_eos: bool = Field(False, description="vLLM's extension: generate past the end-of-sequence token, up "
+                                                "to max_tokens (for benchmarks)")
     # ponder's extensions
     strategy: StrategyField = None
     return_trace: bool = Field(False, description="include the strategy's full trace in `ponder`")
@@ -116,7 +118,8 @@ class _Common(StrictModel):
             max_tokens=max_tokens, temperature=self.temperature, top_p=self.top_p, seed=self.seed,
             stop=self.stops(), logprobs=logprobs, presence_penalty=self.presence_penalty,
             frequency_penalty=self.frequency_penalty,
-            logit_bias=tuple((int(k), float(b)) for k, b in (self.logit_bias or {}).items()))
+            logit_bias=tuple((int(k), float(b)) for k, b in (self.logit_bias or {}).items()),
+            ignore_eos=self.ignore_eos)
 
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)

@@ -77,7 +77,7 @@ async def run(ctx: Context, query: Query, params: Params) -> Result:
     answers = await extract_answers(ctx, task, [c.text for c in cands], params.answer_pattern)
     _, votes = vote(answers)
     checked = sorted(votes, key=lambda a: -votes[a])[: params.max_answers]
-    aux = query.spec.replace(max_tokens=params.aux_max_tokens, logprobs=None, stop=(), logit_bias=(), masked=())
+    aux = query.spec.internal(max_tokens=params.aux_max_tokens)
     mode = params.backward or task.backward_mode
 
     async def backward_question(i: int, answer: str) -> tuple[str, str | None]:

@@ -202,8 +202,7 @@ class Judge:
         self.model = params.judge_model or query.model
         engine, _ = ctx.engine(self.model)
         self.max_len = engine.max_model_len
-        self.spec = query.spec.replace(temperature=params.judge_temperature, max_tokens=params.judge_max_tokens,
-                                       logprobs=None, stop=(), logit_bias=(), masked=())
+        self.spec = query.spec.internal(temperature=params.judge_temperature, max_tokens=params.judge_max_tokens)
         self.calls = 0
         self.read = {"written": 0, "constrained": 0, "unread": 0}  # how each judge call's verdict was read
 

@@ -40,6 +40,14 @@ async def test_async_client_concurrent(aclient):
     assert all(ARITH.extract(r.choices[0].message.content) for r in rs)
 
 
+def test_ignore_eos_generates_to_max_tokens(client):
+    """vLLM's extension, as throughput benchmarks use it: the greedy answer ends near 40 tokens."""
+    kw = dict(model=MODEL, messages=ask(), temperature=0, max_tokens=120)
+    assert client.chat.completions.create(**kw).usage.completion_tokens < 120
+    r = client.chat.completions.create(**kw, extra_body={"ignore_eos": True})
+    assert r.choices[0].finish_reason == "length" and r.usage.completion_tokens == 120
+
+
 def test_streaming_direct_matches_non_streaming(client):
     kw = dict(model=MODEL, messages=ask(), temperature=0, max_tokens=200)
     full = client.chat.completions.create(**kw).choices[0].message.content

@@ -151,6 +151,24 @@ async def run(tok, name, **params):
     return await strategy.run(ctx, query(ctx, engine), p), ctx, engine
 
 
+@pytest.mark.parametrize("name", ["tournament", "reverse_verify"])
+async def test_own_calls_drop_how_the_request_shapes_its_answer(tok, name):
+    """ignore_eos, stop and logit_bias shape the candidates a user asked for, not ponder's judges or
+    backward questions (a judge made to run past its verdict to max_tokens would only cost)."""
+    engine = scripted(tok)
+    ctx = Context(lambda m: (engine, None), "req")
+    q = query(ctx, engine)
+    q = q.but(spec=q.spec.replace(ignore_eos=True, stop=("Z",), logit_bias=((5, 1.0),)))
+    strategy, p = strategies.resolve({"name": name, "n": 4})
+    await strategy.run(ctx, q, p)
+    mine = [(JUDGE in prompt or "question" in prompt.split("Tom has 3 apples")[0], spec)
+            for prompt, spec, _ in engine.calls]
+    assert {own for own, _ in mine} == {True, False}
+    asked = (True, ("Z",), ((5, 1.0),))
+    for own, spec in mine:
+        assert (spec.ignore_eos, spec.stop, spec.logit_bias) == ((False, (), ()) if own else asked)
+
+
 async def test_self_consistency_follows_the_majority(tok):
     res, ctx, engine = await run(tok, "self_consistency", n=8)
     assert res.info["answer"] == "8"  # seeds 1..8: two of eight give 7
