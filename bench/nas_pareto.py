@@ -20,7 +20,8 @@ plus each MIP child with BLD only (what GKD adds):
   - with --serve-rounds R, closed-loop throughput where a client meets it:
     `ponder serve` of the parent and of the child side by side, --batch-size
     chat requests at once (the held-out open prompts of nas/prompts.txt, greedy,
-    --decode-tokens each), R rounds each in ABBA order; the ratio child / parent;
+    exactly --decode-tokens each: ignore_eos, so a child that stops early does no less work), R rounds
+    each in ABBA order; the ratio child / parent;
   - the parent's decode step time at each of --step-batches, which shows
     whether compute or vLLM's per-step overhead dominates at the chosen batch.
 Each model runs in its own process (one vLLM engine each) and is cached under
@@ -73,8 +74,12 @@ class BenchConfig:
     max_new_tokens: int = field(default=256, metadata={"help": "reply limit of the accuracy check"})
     gkd_steps: int = field(default=300, metadata={"help": "GKD steps, the same for every child"})
     gkd_batch_size: int = field(default=16, metadata={"help": "GKD examples per step"})
+    gkd_warmup: int = field(default=20, metadata={"help": "GKD warm-up steps"})
+    gkd_max_len: int = field(default=0, metadata={"help": "GKD rows cropped to this many tokens (0: whole rows)"})
     threads: int = field(default=1, metadata={"help": "torch threads of GKD (not of vLLM)"})
     alternatives: bool = field(default=False, metadata={"help": "also measure the MIP's alternative architectures"})
+    children: str = field(default="", metadata={
+        "help": "only these children, comma-separated (x1.50,uniform-x1.50); default: every pick and uniform baseline"})
     chosen: str = field(default="", metadata={
         "help": "the child to picture per layer (default: the fastest MIP child keeping >= 95% of the accuracy)"})
     timeout: float = field(default=3600, metadata={"help": "seconds one model's measurement may take"})
@@ -151,7 +156,7 @@ def served(label: str, parent: Path, child: Path, cfg: BenchConfig) -> dict:
             procs.append(start(commands(str(folder), port)["ponder"], port))
             urls[name] = f"http://127.0.0.1:{port}/v1"
         models = {"parent": parent.name, "child": child.name}
-        result = asyncio.run(abba(urls, models, prompts, cfg.serve_rounds, cfg.decode_tokens))
+        result = asyncio.run(abba(urls, models, prompts, cfg.serve_rounds, cfg.decode_tokens, ignore_eos=True))
     finally:
         for proc in procs:
             proc.terminate()
@@ -183,10 +188,12 @@ def prepare(cfg: BenchConfig) -> list[dict]:
     picked = [c | {"kind": "mip"} for c in plan["children"]
               if cfg.alternatives or (c["name"] in chosen if chosen else not c.get("alternative"))]
     picked += [c | {"kind": "uniform"} for c in plan["uniform"]]
+    if cfg.children:
+        picked = [c for c in picked if c["name"] in cfg.children.split(",")]
     models = []
     for c in picked:
         gkd.train(gkd.GkdConfig(run=cfg.run, child=c["name"], steps=cfg.gkd_steps, batch_size=cfg.gkd_batch_size,
-                                warmup=max(1, min(20, cfg.gkd_steps // 10)), threads=cfg.threads))
+                                warmup=cfg.gkd_warmup, max_len=cfg.gkd_max_len, threads=cfg.threads))
         stages = ("bld", "gkd") if c["kind"] == "mip" else ("gkd",)
         for stage in stages:
             folder = Path(cfg.run) / "bench" / "models" / f"{c['name']}-{stage}"
@@ -238,7 +245,7 @@ def _num(x: float | None, fmt: str) -> str:
 
 def kl_of(cfg: BenchConfig, child: str, stage: str) -> float | None:
     """Held-out KL(parent || child) as GKD measured it: before GKD (BLD's blocks) or after."""
-    path = gkd.child_dir(cfg.run, child) / "record.json"
+    path = gkd.child_dir(cfg.run, child) / "gkd" / "record.json"
     if not path.exists():
         return None
     return json.loads(path.read_text())["kl_before" if stage == "bld" else "kl_after"]

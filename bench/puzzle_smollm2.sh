@@ -36,4 +36,4 @@ step pick --run "$RUN" --threads 1
 for child in x1.50 uniform-x1.50 x2.00 uniform-x2.00; do  # each pick beside its baseline, ~45 s/step on one core: ~1.9 h each
     step gkd --run "$RUN" --child "$child" --steps 150 --warmup 10 --batch-size 16 --max-len 256 --ckpt-every 10 --threads 1
 done
-echo "$(date -Is) pipeline: gkd is done; next: python bench/nas_pareto.py --run $RUN --data facts --serve-rounds 8"
+echo "$(date -Is) pipeline: gkd is done; next: python bench/nas_pareto.py --run $RUN --data facts --gkd-steps 150 --gkd-warmup 10 --gkd-max-len 256 --serve-rounds 8"

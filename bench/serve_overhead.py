@@ -59,11 +59,14 @@ def start(cmd: list[str], port: int) -> subprocess.Popen:
     raise TimeoutError(" ".join(cmd))
 
 
-async def one_round(client: AsyncOpenAI, model: str, prompts: list[str], max_tokens: int):
+async def one_round(client: AsyncOpenAI, model: str, prompts: list[str], max_tokens: int,
+                    ignore_eos: bool = False):
+    extra = {"ignore_eos": True} if ignore_eos else None
+
     async def one(p: str) -> tuple[float, int]:
         t0 = time.perf_counter()
         r = await client.chat.completions.create(model=model, messages=[{"role": "user", "content": p}],
-                                                 max_tokens=max_tokens, temperature=0.0)
+                                                 max_tokens=max_tokens, temperature=0.0, extra_body=extra)
         return time.perf_counter() - t0, r.usage.completion_tokens
 
     t0 = time.perf_counter()
@@ -72,20 +75,21 @@ async def one_round(client: AsyncOpenAI, model: str, prompts: list[str], max_tok
 
 
 async def measure(urls: dict[str, str], models: dict[str, str], prompts: list[str], rounds: int,
-                  max_tokens: int) -> dict:
+                  max_tokens: int, ignore_eos: bool = False) -> dict:
     """Warm both servers up, then `rounds` rounds each in ABBA order (A B, B A, A B, ...), so a drift of
-    the machine's speed during the run falls on both alike. `models`: the model each server is asked for."""
+    the machine's speed during the run falls on both alike. `models`: the model each server is asked for;
+    `ignore_eos`: every reply runs to `max_tokens`, so models that stop at different points do equal work."""
     clients = {name: AsyncOpenAI(base_url=url, api_key="EMPTY", max_retries=0, timeout=600)
                for name, url in urls.items()}
     walls = {name: [] for name in urls}
     lats = {name: [] for name in urls}
     tokens = dict.fromkeys(urls, 0)
     for name, client in clients.items():
-        await one_round(client, models[name], prompts, max_tokens)  # warm-up
+        await one_round(client, models[name], prompts, max_tokens, ignore_eos)  # warm-up
     names = list(urls)
     for r in range(rounds):
         for name in names if r % 2 == 0 else names[::-1]:
-            wall, results = await one_round(clients[name], models[name], prompts, max_tokens)
+            wall, results = await one_round(clients[name], models[name], prompts, max_tokens, ignore_eos)
             walls[name].append(wall)
             lats[name] += [lat for lat, _ in results]
             tokens[name] += sum(n for _, n in results)

@@ -119,7 +119,7 @@ def train(cfg: GkdConfig) -> Path:
     out = child_dir(cfg.run, cfg.child) / "gkd"
     if (out / "weights.safetensors").exists():
         done_with = json.loads((out / "record.json").read_text())["config"]
-        if same_settings(done_with, asdict(cfg), ignore=("threads", "micro_batch")):
+        if same_settings(done_with, asdict(cfg), ignore=("threads", "micro_batch", "ckpt_every")):
             print(f"{out} is done")
             return out
         raise SystemExit(f"ponder nas: {out} was trained with other settings ({done_with}); remove it to retrain")
