@@ -18,6 +18,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from ponder import strategies
 from ponder.strategies.tournament import Params, failure_bound
 from ponder.tasks.eval import EvalConfig, add_common, common, evaluate, parse_params, summary
 from ponder.tasks.stats import diff_interval
@@ -73,6 +74,8 @@ def main(argv: list[str] | None = None) -> None:
     fixed: dict[str, dict[str, Any]] = {}
     for key, value in parse_params(a.param).items():
         name, _, param = key.partition(".")
+        if not param or name not in strategies.STRATEGIES:
+            ap.error(f"--param {key}=...: expected STRATEGY.KEY with a strategy of {sorted(strategies.STRATEGIES)}")
         fixed.setdefault(name, {})[param] = value
     shared = common(a)
     grid = [("greedy", EvalConfig(**shared, strategy="direct", temperature=0.0), 1)]

@@ -53,3 +53,10 @@ def test_sweep_puts_the_failure_bound_beside_each_tournament(tmp_path, monkeypat
     assert rows["tournament K=1"]["failure_bound"] == pytest.approx(failure_bound(0.6, 0.8, 8, 2))
     assert rows["tournament K=4"]["failure_bound"] == pytest.approx(failure_bound(0.6, 0.8, 8, 4))
     assert rows["tournament"]["failure"] == pytest.approx(0.25)
+
+
+@pytest.mark.parametrize("param", ["judge_max_tokens=512", "tournment.k=2"])
+def test_a_param_of_no_strategy_is_a_usage_error(param, capsys):
+    with pytest.raises(SystemExit) as e:  # it was dropped in silence, and the sweep measured the default
+        sweep.main(["--base-url", "http://x/v1", "--param", param])
+    assert e.value.code == 2 and "STRATEGY.KEY" in capsys.readouterr().err
