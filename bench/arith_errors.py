@@ -18,15 +18,14 @@ import json
 
 from openai import AsyncOpenAI
 
-from ponder.tasks import arith
+from ponder.tasks import ARITH, arith
 
 
 def classify(problem: arith.Problem, text: str) -> str:
-    found = arith.ANSWER_RE.findall(text)
-    if found and int(found[-1]) == problem.answer:
+    if ARITH.correct(text, problem.answer):
         return "right"
     eqs = [m for m in (arith.EQUATION_RE.fullmatch(line.strip()) for line in text.splitlines()) if m]
-    true = all(arith.apply(m[2], int(m[1]), int(m[3])) == int(m[4]) for m in eqs)
+    true = arith.equations_hold(text)
     reads = [(m[2], int(m[3])) for m in eqs] == [(s.op, s.operand) for s in problem.steps]
     lines = "lines = steps" if len(eqs) == len(problem.steps) else "lines != steps"
     return f"{'true' if true else 'false'} arithmetic, {'reads right' if reads else 'misreads'}, {lines}"
