@@ -11,6 +11,10 @@ from ponder.testing import PonderServer, free_port  # noqa: F401 (the tests' hel
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = Path(DEFAULT_MODEL)
 NAME = MODEL.name  # the id the default model is served under
+# A request that runs for many seconds on any machine: five judge rounds over 32 candidates of 256 tokens
+# (ignore_eos: none stops early). Tests that act while a request runs use it, so it cannot end first.
+SLOW = {"max_tokens": 256, "ignore_eos": True, "temperature": 1.0,
+        "strategy": {"name": "tournament", "n": 32, "k": 4, "judge_same_answer": True}}
 
 
 def dies_at_call(fn, n: int):

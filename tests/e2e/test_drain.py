@@ -7,17 +7,15 @@ import time
 
 import httpx
 
-from tests.conftest import NAME, PonderServer
+from tests.conftest import NAME, SLOW, PonderServer
 
 MODEL = NAME
 MSG = [{"role": "user", "content": "Tom has 23 apples. He buys 45 more. How many apples does Tom have now?"}]
-SLOW = {"name": "tournament", "n": 32, "k": 4, "judge_same_answer": True}  # many rounds: longer than the grace
 GRACE = 3.0
 
 
 async def one(http: httpx.AsyncClient, url: str, stream: bool) -> str:
-    body = {"model": MODEL, "messages": MSG, "max_tokens": 128, "temperature": 1.0, "strategy": SLOW,
-            "stream": stream}
+    body = {"model": MODEL, "messages": MSG, "stream": stream, **SLOW}  # far longer than the grace
     r = await http.post(url, json=body)
     if not stream:
         assert r.status_code in (200, 503), r.text
@@ -39,6 +37,8 @@ async def test_sigterm_drains_then_ends_the_rest_cleanly():
                 if server.metric("ponder_requests_in_flight") >= 6:
                     break
                 await asyncio.sleep(0.05)
+            else:
+                raise AssertionError("six requests never ran at once")
             t0 = time.monotonic()
             server.proc.terminate()
             outcomes = await asyncio.gather(*tasks)

@@ -8,7 +8,7 @@ import openai
 import psutil
 import pytest
 
-from tests.conftest import NAME, PonderServer
+from tests.conftest import NAME, SLOW, PonderServer
 
 MODEL = NAME
 MSG = [{"role": "user", "content": "Tom has 23 apples. He buys 45 more. How many apples does Tom have now?"}]
@@ -23,9 +23,9 @@ def fragile():
 
 async def test_over_capacity_is_429(fragile):
     c = openai.AsyncOpenAI(base_url=fragile.base_url, api_key="none", max_retries=0)
-    slow = asyncio.ensure_future(c.chat.completions.create(  # five sequential judge rounds: seconds
-        model=MODEL, messages=MSG, max_tokens=128, temperature=1.0,
-        extra_body={"strategy": {"name": "tournament", "n": 32, "k": 4, "judge_same_answer": True}}))
+    slow = asyncio.ensure_future(c.chat.completions.create(
+        model=MODEL, messages=MSG, max_tokens=SLOW["max_tokens"], temperature=SLOW["temperature"],
+        extra_body={"ignore_eos": SLOW["ignore_eos"], "strategy": SLOW["strategy"]}))
     for _ in range(600):  # until the slow request holds the one slot
         if fragile.metric("ponder_requests_in_flight") >= 1 or slow.done():
             break
