@@ -4,7 +4,7 @@
 
 Each wrong reply is sorted by whether its equations are true arithmetic, whether
 each line's operand is the one the question gives at that step ("reads"), and how
-many equation lines it has against the chain's steps. The judge of the tournament
+many steps it has against the chain's (a step written in two parts counts once). The judge of the tournament
 checks arithmetic only (tasks/arith.py, judge_verdict), so a misread with true
 arithmetic is a mistake no verdict of that format can see.
 """
@@ -26,8 +26,15 @@ def classify(problem: arith.Problem, text: str) -> str:
         return "right"
     eqs = [m for m in (arith.EQUATION_RE.fullmatch(line.strip()) for line in text.splitlines()) if m]
     true = arith.equations_hold(text)
-    reads = [(m[2], int(m[3])) for m in eqs] == [(s.op, s.operand) for s in problem.steps]
-    lines = "lines = steps" if len(eqs) == len(problem.steps) else "lines != steps"
+    ops: list[tuple[str, int]] = []
+    for m in eqs:  # a + or - step written in two parts (Problem.path) reads as one: its digit merges back
+        op, n = m[2], int(m[3])
+        if op in "+-" and n < 10 and ops and ops[-1][0] == op:
+            ops[-1] = (op, ops[-1][1] + n)
+        else:
+            ops.append((op, n))
+    reads = ops == [(s.op, s.operand) for s in problem.steps]
+    lines = "lines = steps" if len(ops) == len(problem.steps) else "lines != steps"
     return f"{'true' if true else 'false'} arithmetic, {'reads right' if reads else 'misreads'}, {lines}"
 
 

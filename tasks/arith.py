@@ -155,8 +155,22 @@ class Problem:
         q = QUESTIONS[self.story.question].format(name=name, items=ITEMS[self.story.items])
         return " ".join(self._sentences([str(n) for n in self.quantities]) + [q])
 
-    def forward_solution(self) -> str:
-        return "\n".join([s.line() for s in self.steps] + [f"Answer: {self.answer}"])
+    def path(self, rng: random.Random) -> tuple[Step, ...]:
+        """The steps as one of many paths to the answer: each + or - step whose operand has a last digit
+        is, half the time, done in two parts, the round part then the digit (346 + 158 = 496 + 8)."""
+        out: list[Step] = []
+        for s in self.steps:
+            last = s.operand % 10
+            if s.op in "+-" and s.operand > 10 and last and rng.random() < 0.5:
+                mid = apply(s.op, s.before, s.operand - last)
+                out += [Step(s.op, s.operand - last, s.before, mid), Step(s.op, last, mid, s.after)]
+            else:
+                out.append(s)
+        return tuple(out)
+
+    def forward_solution(self, steps: tuple[Step, ...] | None = None) -> str:
+        """One equation per step (in the story's order, or `steps`' own), then the answer."""
+        return "\n".join([s.line() for s in steps or self.steps] + [f"Answer: {self.answer}"])
 
     def backward_question(self, masked: int) -> str:
         """The story with quantity `masked` (0 = start) replaced by x, answer given."""
@@ -184,18 +198,20 @@ class Problem:
                 lines.append(f"{s.before} {s.op} {s.after} = {s.operand}")
         return "\n".join(lines + [f"Answer: {self.quantities[masked]}"])
 
-    def wrong_solution(self, rng: random.Random) -> str:
-        """A plausible slip at one step, the rest computed consistently from it."""
-        k = rng.randrange(len(self.steps))
-        lines = [s.line() for s in self.steps[:k]]
-        value = self.steps[k].before
-        for i, s in enumerate(self.steps[k:]):
+    def wrong_solution(self, rng: random.Random, steps: tuple[Step, ...] | None = None) -> str:
+        """A plausible slip at one step (of the story's order, or of `steps`), the rest computed
+        consistently from it."""
+        steps = steps or self.steps
+        k = rng.randrange(len(steps))
+        lines = [s.line() for s in steps[:k]]
+        value = steps[k].before
+        for i, s in enumerate(steps[k:]):
             right = apply(s.op, value, s.operand)
             if right is None:
-                return self.wrong_solution(rng)
+                return self.wrong_solution(rng, steps)
             out = slip(right, rng) if i == 0 else right
             if out is None or out <= 0:
-                return self.wrong_solution(rng)
+                return self.wrong_solution(rng, steps)
             lines.append(f"{value} {s.op} {s.operand} = {out}")
             value = out
         return "\n".join(lines + [f"Answer: {value}"])
@@ -415,11 +431,13 @@ def judge_verdict(solution_1: str, solution_2: str) -> str:
     return "\n".join(lines + [f"Winner: {winner}"])
 
 
-def example(problem: Problem, fmt: str, rng: random.Random) -> list[dict[str, str]]:
-    """One chat example (user + assistant messages) of the given format."""
+def example(problem: Problem, fmt: str, rng: random.Random, many_paths: bool = False) -> list[dict[str, str]]:
+    """One chat example (user + assistant messages) of the given format; `many_paths`: the forward and
+    judge solutions take a random one of the problem's paths (Problem.path)."""
     q = problem.question()
+    steps = problem.path(rng) if many_paths and fmt in ("forward", "judge") else None
     if fmt == "forward":
-        user, reply = forward_prompt(q), problem.forward_solution()
+        user, reply = forward_prompt(q), problem.forward_solution(steps)
     elif fmt == "backward_question":
         masked = rng.randrange(len(problem.quantities))
         user, reply = backward_question_prompt(q, problem.answer), problem.backward_question(masked)
@@ -434,7 +452,7 @@ def example(problem: Problem, fmt: str, rng: random.Random) -> list[dict[str, st
     elif fmt == "numbers":
         user, reply = NUMBERS_TEMPLATE.format(text=q), ", ".join(map(str, problem.quantities))
     elif fmt == "judge":
-        right, wrong = problem.forward_solution(), problem.wrong_solution(rng)
+        right, wrong = problem.forward_solution(steps), problem.wrong_solution(rng, steps)
         s1, s2 = (right, wrong) if rng.random() < 0.5 else (wrong, right)
         user, reply = judge_prompt(q, s1, s2), judge_verdict(s1, s2)
     else:

@@ -108,6 +108,9 @@ class PretrainConfig(Loop):
                      metadata={"help": "format=weight,... sampling mix of the task formats"})
     max_steps_per_problem: int = field(default=5, metadata={"help": "task difficulty: longest chain"})
     max_value: int = field(default=999, metadata={"help": "task difficulty: largest intermediate value"})
+    many_paths: bool = field(default=False, metadata={
+        "help": "forward and judge solutions take one of many paths (a + or - step done whole or in two "
+                "parts): other computations to one answer, whose slips differ (what self-consistency votes over)"})
     vocab_size: int = field(default=1024, metadata={"help": "BPE vocabulary size"})
     ckpt_every: int = field(default=250, metadata={"help": "steps between atomic checkpoints"})
     threads: int = field(default=0, metadata={"help": "torch threads (0 = all cores)"})
@@ -146,7 +149,7 @@ def make_batch(step: int, cfg: PretrainConfig, tok: PreTrainedTokenizerFast,
     rng = random.Random(f"{cfg.seed}-batch-{step}")
     mix = cfg.mixture()
     formats = rng.choices(list(mix), weights=list(mix.values()), k=cfg.batch_size)
-    rows = [encode_example(tok, arith.example(next(stream), fmt, rng)) for fmt in formats]
+    rows = [encode_example(tok, arith.example(next(stream), fmt, rng, cfg.many_paths)) for fmt in formats]
     return collate(rows, tok.pad_token_id, cfg.micro_batch)
 
 

@@ -56,10 +56,25 @@ def test_backward_solution_equations_are_right(train):
                 assert arith.apply(op, a, b) == c, p.backward_solution(masked)
 
 
-def test_judge_pairs_have_exactly_one_correct_side(train):
+def test_paths_take_other_computations_to_the_same_answer():
+    rng = random.Random(2)
+    paths = []
+    for p in arith.dataset("hard", 100):
+        solutions = {p.forward_solution(p.path(rng)) for _ in range(10)}
+        for s in solutions:  # a chain of true equations, each step whole or in two parts, the answer
+            assert ARITH.correct(s, p.answer) and arith.equations_hold(s), s
+            lines = list(arith.EQUATION_RE.finditer(s))
+            assert int(lines[0][1]) == p.start and all(int(a[4]) == int(b[1]) for a, b in zip(lines, lines[1:]))
+            assert len(p.steps) <= len(lines) <= 2 * len(p.steps)
+        paths.append(len(solutions))
+    assert sum(n > 1 for n in paths) >= 90, paths
+
+
+@pytest.mark.parametrize("many_paths", [False, True])
+def test_judge_pairs_have_exactly_one_correct_side(train, many_paths):
     rng = random.Random(0)
     for p in train:
-        msgs = arith.example(p, "judge", rng)
+        msgs = arith.example(p, "judge", rng, many_paths)
         prompt, verdict = msgs[0]["content"], msgs[1]["content"]
         s1 = prompt.split("Solution 1:\n")[1].split("\nSolution 2:")[0]
         s2 = prompt.split("Solution 2:\n")[1].split("\nWhich solution")[0]
