@@ -3,10 +3,10 @@
     python bench/arith_errors.py --base-url http://localhost:8011/v1 --split hard --limit 300
 
 Each wrong reply is sorted by whether its equations are true arithmetic, whether
-each line's operand is the one the question gives at that step ("reads"), and how
-many steps it has against the chain's (a step written in two parts counts once). The judge of the tournament
-checks arithmetic only (tasks/arith.py, judge_verdict), so a misread with true
-arithmetic is a mistake no verdict of that format can see.
+each step's operand is the one the question gives at that step ("reads"), and how
+many steps it has against the chain's (a step written in two parts counts once).
+The judge of the tournament checks arithmetic only (tasks/arith.py, judge_verdict),
+so a misread with true arithmetic is a mistake no verdict of that format can see.
 """
 
 from __future__ import annotations
