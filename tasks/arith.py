@@ -375,12 +375,13 @@ def backward_prompt(backward_question: str) -> str:
 # Line labels of the judge prompt: one letter per line, a different alphabet per
 # solution, so the judge's "B: ..." check finds the line it copies by its label
 # (a one-token match that attention learns early) and never takes it from the
-# other solution, whose lines often read the same up to the slip.
-LABELS = ("ABCDEFGH", "PQRSTUVW")
+# other solution, whose lines often read the same up to the slip. Sixteen per
+# solution: an 8-step chain done in parts (Problem.path) takes up to 16 lines.
+LABELS = ("ABCDEFGHabcdefgh", "PQRSTUVWpqrstuvw")
 
 
 def label_lines(solution: str, k: int) -> str:
-    """Solution k's lines with their labels ("A: ..."); lines past the eighth stay bare."""
+    """Solution k's lines with their labels ("A: ..."); lines past the sixteenth stay bare."""
     labels = LABELS[k - 1]
     lines = solution.strip().splitlines()
     return "\n".join(f"{labels[i]}: {line}" if i < len(labels) else line for i, line in enumerate(lines))

@@ -84,6 +84,17 @@ def test_judge_pairs_have_exactly_one_correct_side(train, many_paths):
         assert ARITH.read_verdict(verdict) == right.index(True) + 1
 
 
+def test_judge_checks_every_line_of_a_long_path():
+    rng = random.Random(3)  # 7-8 steps, each + or - in two parts half the time: up to 16 equations
+    for p in arith.dataset("hard", 100):
+        msgs = arith.example(p, "judge", rng, many_paths=True)
+        prompt, verdict = msgs[0]["content"], msgs[1]["content"]
+        equations = [line for line in prompt.splitlines() if arith.EQUATION_RE.search(line)]
+        assert all(line[1] == ":" for line in equations), prompt  # every equation has a label
+        s1 = prompt.split("Solution 1:\n")[1].split("\nSolution 2:")[0]
+        assert ARITH.read_verdict(verdict) == (1 if f"Answer: {p.answer}" in s1 else 2), (prompt, verdict)
+
+
 def test_wrong_solution_has_one_slip_then_stays_consistent(train):
     rng = random.Random(1)
     for p in train[:100]:
