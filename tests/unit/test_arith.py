@@ -92,7 +92,7 @@ def test_judge_checks_every_line_of_a_long_path():
         equations = [line for line in prompt.splitlines() if arith.EQUATION_RE.search(line)]
         assert all(line[1] == ":" for line in equations), prompt  # every equation has a label
         s1 = prompt.split("Solution 1:\n")[1].split("\nSolution 2:")[0]
-        assert ARITH.read_verdict(verdict) == (1 if f"Answer: {p.answer}" in s1 else 2), (prompt, verdict)
+        assert ARITH.read_verdict(verdict) == (1 if ARITH.correct(s1, p.answer) else 2), (prompt, verdict)
 
 
 def test_wrong_solution_has_one_slip_then_stays_consistent(train):
