@@ -408,15 +408,20 @@ def judge_verdict(solution_1: str, solution_2: str) -> str:
     exact). The label says which prompt line is checked; the verdict is a local
     comparison of two numbers written side by side. The winner is the solution
     with no wrong line; otherwise "Tie". It checks arithmetic, not whether the
-    operands were read correctly from the question.
+    operands were read correctly from the question. An equation past the last
+    label is a ValueError.
     """
     lines, clean = [], []
     for k, solution in ((1, solution_1), (2, solution_2)):
         ok = True
-        for label, line in zip(LABELS[k - 1], solution.strip().splitlines()):
+        for i, line in enumerate(solution.strip().splitlines()):
             m = EQUATION_RE.fullmatch(line.strip())
             if m is None:
                 continue
+            if i >= len(LABELS[k - 1]):  # an unlabelled line cannot be checked: say so, never skip it
+                raise ValueError(f"solution {k} has an equation on line {i + 1}; the judge labels "
+                                 f"{len(LABELS[k - 1])} lines (LABELS)")
+            label = LABELS[k - 1][i]
             a, op, b, c = int(m[1]), m[2], int(m[3]), int(m[4])
             if op == "*":
                 check, r, says = f"{a} * {b}", a * b, c

@@ -70,29 +70,19 @@ def test_paths_take_other_computations_to_the_same_answer():
     assert sum(n > 1 for n in paths) >= 90, paths
 
 
-@pytest.mark.parametrize("many_paths", [False, True])
-def test_judge_pairs_have_exactly_one_correct_side(train, many_paths):
-    rng = random.Random(0)
-    for p in train:
+@pytest.mark.parametrize("split,many_paths", [("train", False), ("train", True), ("hard", True)])
+def test_judge_pairs_have_exactly_one_correct_side(split, many_paths):
+    rng = random.Random(0)  # hard with many paths: 7-8 steps, each + or - in two parts half the time
+    for p in arith.dataset(split, 300):
         msgs = arith.example(p, "judge", rng, many_paths)
         prompt, verdict = msgs[0]["content"], msgs[1]["content"]
         s1 = prompt.split("Solution 1:\n")[1].split("\nSolution 2:")[0]
         s2 = prompt.split("Solution 2:\n")[1].split("\nWhich solution")[0]
         assert s1.splitlines()[0].startswith("A: ") and s2.splitlines()[0].startswith("P: ")
+        assert all(line[1] == ":" for line in (s1 + "\n" + s2).splitlines() if arith.EQUATION_RE.search(line))
         right = [ARITH.correct(s, p.answer) for s in (s1, s2)]
         assert sum(right) == 1
         assert ARITH.read_verdict(verdict) == right.index(True) + 1
-
-
-def test_judge_checks_every_line_of_a_long_path():
-    rng = random.Random(3)  # 7-8 steps, each + or - in two parts half the time: up to 16 equations
-    for p in arith.dataset("hard", 100):
-        msgs = arith.example(p, "judge", rng, many_paths=True)
-        prompt, verdict = msgs[0]["content"], msgs[1]["content"]
-        equations = [line for line in prompt.splitlines() if arith.EQUATION_RE.search(line)]
-        assert all(line[1] == ":" for line in equations), prompt  # every equation has a label
-        s1 = prompt.split("Solution 1:\n")[1].split("\nSolution 2:")[0]
-        assert ARITH.read_verdict(verdict) == (1 if ARITH.correct(s1, p.answer) else 2), (prompt, verdict)
 
 
 def test_wrong_solution_has_one_slip_then_stays_consistent(train):
@@ -114,6 +104,8 @@ def test_judge_verdict_checks_each_equation_backwards():
                               "P: 6 - 3 = 3, says 2, wrong", "Winner: Solution 1"]
     assert arith.judge_verdict("7 / 2 = 3", "6 / 2 = 3").endswith("Winner: Solution 2")
     assert arith.judge_verdict("1 + 1 = 2", "1 + 1 = 2").endswith("Tie")
+    with pytest.raises(ValueError, match="line 17"):
+        arith.judge_verdict("1 + 1 = 2\n" * 17, "1 + 1 = 2")
 
 
 def test_judge_prompt_labels_each_line_once():
