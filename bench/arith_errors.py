@@ -26,13 +26,7 @@ def classify(problem: arith.Problem, text: str) -> str:
         return "right"
     eqs = [m for m in (arith.EQUATION_RE.fullmatch(line.strip()) for line in text.splitlines()) if m]
     true = arith.equations_hold(text)
-    ops: list[tuple[str, int]] = []
-    for m in eqs:  # a + or - step written in two parts (Problem.path) reads as one: its digit merges back
-        op, n = m[2], int(m[3])
-        if op in "+-" and n < 10 and ops and ops[-1][0] == op:
-            ops[-1] = (op, ops[-1][1] + n)
-        else:
-            ops.append((op, n))
+    ops = [(m[2], int(m[3])) for m in eqs]
     reads = ops == [(s.op, s.operand) for s in problem.steps]
     lines = "lines = steps" if len(ops) == len(problem.steps) else "lines != steps"
     return f"{'true' if true else 'false'} arithmetic, {'reads right' if reads else 'misreads'}, {lines}"

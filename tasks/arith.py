@@ -52,7 +52,9 @@ DEFAULT_MIX = "forward=0.35,judge=0.3,backward=0.25,backward_question=0.1"
 ANSWER_RE = re.compile(r"Answer:\s*(-?\d+)")
 WINNER_RE = re.compile(r"Winner:\s*(Solution 1|Solution 2|Tie)")
 NUMBER_RE = re.compile(r"\d+")
-EQUATION_RE = re.compile(r"(\d+) ([-+*/]) (\d+) = (\d+)")
+# One step per line: "a op b = c", or done in parts "a op b = m op d = c" (Problem.path); groups a, op, b, c.
+EQUATION_RE = re.compile(r"(\d+) ([-+*/]) (\d+) = (?:\d+ [-+*/] \d+ = )?(\d+)")
+PART_RE = re.compile(r"= (\d+) ([-+*/]) (\d+) =")  # the round part of a step done in parts
 
 
 @dataclass(frozen=True)
@@ -81,9 +83,11 @@ class Step:
     operand: int
     before: int
     after: int
+    mid: int | None = None  # done in parts: the value after the round part of the operand
 
     def line(self) -> str:
-        return f"{self.before} {self.op} {self.operand} = {self.after}"
+        parts = "" if self.mid is None else f"{self.mid} {self.op} {self.operand % 10} = "
+        return f"{self.before} {self.op} {self.operand} = {parts}{self.after}"
 
 
 # Story pieces. {n} is the step's number; "x" replaces it in a backward question.
@@ -157,16 +161,11 @@ class Problem:
 
     def path(self, rng: random.Random) -> tuple[Step, ...]:
         """The steps as one of many paths to the answer: each + or - step whose operand has a last digit
-        is, half the time, done in two parts, the round part then the digit (346 + 158 = 496 + 8)."""
-        out: list[Step] = []
-        for s in self.steps:
-            last = s.operand % 10
-            if s.op in "+-" and s.operand > 10 and last and rng.random() < 0.5:
-                mid = apply(s.op, s.before, s.operand - last)
-                out += [Step(s.op, s.operand - last, s.before, mid), Step(s.op, last, mid, s.after)]
-            else:
-                out.append(s)
-        return tuple(out)
+        is, half the time, done in parts on its own line, the round part then the digit
+        (346 + 158 = 496 + 8 = 504), so line i still reads sentence i."""
+        return tuple(Step(s.op, s.operand, s.before, s.after, apply(s.op, s.before, s.operand - s.operand % 10))
+                     if s.op in "+-" and s.operand > 10 and s.operand % 10 and rng.random() < 0.5 else s
+                     for s in self.steps)
 
     def forward_solution(self, steps: tuple[Step, ...] | None = None) -> str:
         """One equation per step (in the story's order, or `steps`' own), then the answer."""
@@ -207,12 +206,17 @@ class Problem:
         value = steps[k].before
         for i, s in enumerate(steps[k:]):
             right = apply(s.op, value, s.operand)
+            mid = None if s.mid is None else apply(s.op, value, s.operand - s.operand % 10)
             if right is None:
                 return self.wrong_solution(rng, steps)
-            out = slip(right, rng) if i == 0 else right
+            if i == 0 and mid is not None and rng.random() < 0.5:  # the slip in the round part
+                mid = slip(mid, rng)
+                out = None if mid is None else apply(s.op, mid, s.operand % 10)
+            else:
+                out = slip(right, rng) if i == 0 else right
             if out is None or out <= 0:
                 return self.wrong_solution(rng, steps)
-            lines.append(f"{value} {s.op} {s.operand} = {out}")
+            lines.append(Step(s.op, s.operand, value, out, mid).line())
             value = out
         return "\n".join(lines + [f"Answer: {value}"])
 
@@ -376,7 +380,7 @@ def backward_prompt(backward_question: str) -> str:
 # solution, so the judge's "B: ..." check finds the line it copies by its label
 # (a one-token match that attention learns early) and never takes it from the
 # other solution, whose lines often read the same up to the slip. Sixteen per
-# solution: an 8-step chain done in parts (Problem.path) takes up to 16 lines.
+# solution: room for chains longer than training's, and for samples that run on.
 LABELS = ("ABCDEFGHabcdefgh", "PQRSTUVWpqrstuvw")
 
 
@@ -408,8 +412,9 @@ def judge_verdict(solution_1: str, solution_2: str) -> str:
     exact). The label says which prompt line is checked; the verdict is a local
     comparison of two numbers written side by side. The winner is the solution
     with no wrong line; otherwise "Tie". It checks arithmetic, not whether the
-    operands were read correctly from the question. An equation past the last
-    label is a ValueError.
+    operands were read correctly from the question. A step done in parts
+    (a op b = m op d = c) is checked as the whole step. An equation past the
+    last label is a ValueError.
     """
     lines, clean = [], []
     for k, solution in ((1, solution_1), (2, solution_2)):
@@ -467,6 +472,11 @@ def example(problem: Problem, fmt: str, rng: random.Random, many_paths: bool = F
 
 
 def equations_hold(text: str) -> bool:
-    """Whether every "a op b = c" line of a reasoning is true arithmetic."""
-    return all(apply(m[2], int(m[1]), int(m[3])) == int(m[4])
-               for m in (EQUATION_RE.fullmatch(line.strip()) for line in text.splitlines()) if m)
+    """Whether every "a op b = c" line of a reasoning is true arithmetic (both sides of a step in parts)."""
+    for line in text.splitlines():
+        m = EQUATION_RE.fullmatch(line.strip())
+        part = PART_RE.search(line)
+        if m and (apply(m[2], int(m[1]), int(m[3])) != int(m[4])
+                  or part and apply(part[2], int(part[1]), int(part[3])) != int(m[4])):
+            return False
+    return True

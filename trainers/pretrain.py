@@ -109,8 +109,9 @@ class PretrainConfig(Loop):
     max_steps_per_problem: int = field(default=5, metadata={"help": "task difficulty: longest chain"})
     max_value: int = field(default=999, metadata={"help": "task difficulty: largest intermediate value"})
     many_paths: bool = field(default=False, metadata={
-        "help": "forward and judge solutions take one of many paths (a + or - step done whole or in two "
-                "parts): other computations to one answer, whose slips differ (what self-consistency votes over)"})
+        "help": "forward and judge solutions take one of many paths (a + or - step done whole or in parts, "
+                "346 + 158 = 496 + 8 = 504): other computations to one answer, whose slips differ (what "
+                "self-consistency votes over)"})
     vocab_size: int = field(default=1024, metadata={"help": "BPE vocabulary size"})
     ckpt_every: int = field(default=250, metadata={"help": "steps between atomic checkpoints"})
     threads: int = field(default=0, metadata={"help": "torch threads (0 = all cores)"})
