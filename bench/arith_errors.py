@@ -4,7 +4,7 @@
 
 Each wrong reply is sorted by whether its equations are true arithmetic, whether
 each step's operand is the one the question gives at that step ("reads"), and how
-many steps it has against the chain's (a step written in two parts counts once).
+many steps it has against the chain's (a step done in parts is one line, Problem.path).
 The judge of the tournament checks arithmetic only (tasks/arith.py, judge_verdict),
 so a misread with true arithmetic is a mistake no verdict of that format can see.
 """

@@ -72,7 +72,7 @@ def test_paths_take_other_computations_to_the_same_answer():
 
 @pytest.mark.parametrize("split,many_paths", [("train", False), ("train", True), ("hard", True)])
 def test_judge_pairs_have_exactly_one_correct_side(split, many_paths):
-    rng = random.Random(0)  # hard with many paths: 7-8 steps, each + or - in two parts half the time
+    rng = random.Random(0)  # hard with many paths: 7-8 steps, each + or - in parts half the time
     for p in arith.dataset(split, 300):
         msgs = arith.example(p, "judge", rng, many_paths)
         prompt, verdict = msgs[0]["content"], msgs[1]["content"]
