@@ -24,9 +24,8 @@ from ponder.tasks import ARITH, arith
 def classify(problem: arith.Problem, text: str) -> str:
     if ARITH.correct(text, problem.answer):
         return "right"
-    eqs = [m for m in (arith.EQUATION_RE.fullmatch(line.strip()) for line in text.splitlines()) if m]
     true = arith.equations_hold(text)
-    ops = [(m[2], int(m[3])) for m in eqs]
+    ops = [(eqs[0][1], sum(e[2] for e in eqs)) for eqs in map(arith.equations, text.splitlines()) if eqs]
     reads = ops == [(s.op, s.operand) for s in problem.steps]
     lines = "lines = steps" if len(ops) == len(problem.steps) else "lines != steps"
     return f"{'true' if true else 'false'} arithmetic, {'reads right' if reads else 'misreads'}, {lines}"

@@ -52,9 +52,8 @@ DEFAULT_MIX = "forward=0.35,judge=0.3,backward=0.25,backward_question=0.1"
 ANSWER_RE = re.compile(r"Answer:\s*(-?\d+)")
 WINNER_RE = re.compile(r"Winner:\s*(Solution 1|Solution 2|Tie)")
 NUMBER_RE = re.compile(r"\d+")
-# One step per line: "a op b = c", or done in parts "a op b = m op d = c" (Problem.path); groups a, op, b, c.
-EQUATION_RE = re.compile(r"(\d+) ([-+*/]) (\d+) = (?:\d+ [-+*/] \d+ = )?(\d+)")
-PART_RE = re.compile(r"= (\d+) ([-+*/]) (\d+) =")  # the round part of a step done in parts
+# One step per line: "a op b = c", or done in parts "a op r = m op d = c" (Problem.path, b = r + d).
+EQUATION_RE = re.compile(r"(\d+) ([-+*/]) (\d+) = (\d+)(?: ([-+*/]) (\d+) = (\d+))?")
 
 
 @dataclass(frozen=True)
@@ -86,8 +85,10 @@ class Step:
     mid: int | None = None  # done in parts: the value after the round part of the operand
 
     def line(self) -> str:
-        parts = "" if self.mid is None else f"{self.mid} {self.op} {self.operand % 10} = "
-        return f"{self.before} {self.op} {self.operand} = {parts}{self.after}"
+        if self.mid is None:
+            return f"{self.before} {self.op} {self.operand} = {self.after}"
+        last = self.operand % 10
+        return f"{self.before} {self.op} {self.operand - last} = {self.mid} {self.op} {last} = {self.after}"
 
 
 # Story pieces. {n} is the step's number; "x" replaces it in a backward question.
@@ -162,7 +163,10 @@ class Problem:
     def path(self, rng: random.Random) -> tuple[Step, ...]:
         """The steps as one of many paths to the answer: each + or - step whose operand has a last digit
         is, half the time, done in parts on its own line, the round part then the digit
-        (346 + 158 = 496 + 8 = 504), so line i still reads sentence i."""
+        (346 + 150 = 496 + 8 = 504), so line i still reads sentence i. The path is chosen at the
+        operand's last digit, before any sum is written: when both paths wrote "346 + 158 = " and
+        then either 504 or 496 digit by digit, greedy mixed them (28 + 108 = 126: the round part's tens,
+        the whole step's units; 0.732 on the test split, bench/RESULTS.md stage 8)."""
         return tuple(Step(s.op, s.operand, s.before, s.after, apply(s.op, s.before, s.operand - s.operand % 10))
                      if s.op in "+-" and s.operand > 10 and s.operand % 10 and rng.random() < 0.5 else s
                      for s in self.steps)
@@ -413,28 +417,28 @@ def judge_verdict(solution_1: str, solution_2: str) -> str:
     comparison of two numbers written side by side. The winner is the solution
     with no wrong line; otherwise "Tie". It checks arithmetic, not whether the
     operands were read correctly from the question. A step done in parts
-    (a op b = m op d = c) is checked as the whole step. An equation past the
-    last label is a ValueError.
+    (a op r = m op d = c) is two equations, each checked under the line's label.
+    An equation past the last label is a ValueError.
     """
     lines, clean = [], []
     for k, solution in ((1, solution_1), (2, solution_2)):
         ok = True
         for i, line in enumerate(solution.strip().splitlines()):
-            m = EQUATION_RE.fullmatch(line.strip())
-            if m is None:
+            if not (eqs := equations(line)):
                 continue
             if i >= len(LABELS[k - 1]):  # an unlabelled line cannot be checked: say so, never skip it
                 raise ValueError(f"solution {k} has an equation on line {i + 1}; the judge labels "
                                  f"{len(LABELS[k - 1])} lines (LABELS)")
-            label = LABELS[k - 1][i]
-            a, op, b, c = int(m[1]), m[2], int(m[3]), int(m[4])
-            if op == "*":
-                check, r, says = f"{a} * {b}", a * b, c
-            else:
-                inv = {"+": "-", "-": "+", "/": "*"}[op]
-                check, r, says = f"{c} {inv} {b}", apply(inv, c, b), a
-            ok = r == says
-            lines.append(f"{label}: {check} = {r}, says {says}, " + ("ok" if ok else "wrong"))
+            for a, op, b, c in eqs:
+                if op == "*":
+                    check, r, says = f"{a} * {b}", a * b, c
+                else:
+                    inv = {"+": "-", "-": "+", "/": "*"}[op]
+                    check, r, says = f"{c} {inv} {b}", apply(inv, c, b), a
+                ok = r == says
+                lines.append(f"{LABELS[k - 1][i]}: {check} = {r}, says {says}, " + ("ok" if ok else "wrong"))
+                if not ok:
+                    break
             if not ok:
                 break
         clean.append(ok)
@@ -471,12 +475,15 @@ def example(problem: Problem, fmt: str, rng: random.Random, many_paths: bool = F
     return [{"role": "user", "content": user}, {"role": "assistant", "content": reply}]
 
 
+def equations(line: str) -> list[tuple[int, str, int, int]]:
+    """The equations (a, op, b, c) of a step's line: one, or two for a step done in parts; [] for
+    any other line."""
+    m = EQUATION_RE.fullmatch(line.strip())
+    if m is None:
+        return []
+    return [(int(m[1]), m[2], int(m[3]), int(m[4]))] + ([(int(m[4]), m[5], int(m[6]), int(m[7]))] if m[5] else [])
+
+
 def equations_hold(text: str) -> bool:
-    """Whether every "a op b = c" line of a reasoning is true arithmetic (both sides of a step in parts)."""
-    for line in text.splitlines():
-        m = EQUATION_RE.fullmatch(line.strip())
-        part = PART_RE.search(line)
-        if m and (apply(m[2], int(m[1]), int(m[3])) != int(m[4])
-                  or part and apply(part[2], int(part[1]), int(part[3])) != int(m[4])):
-            return False
-    return True
+    """Whether every equation of a reasoning is true arithmetic."""
+    return all(apply(op, a, b) == c for line in text.splitlines() for a, op, b, c in equations(line))

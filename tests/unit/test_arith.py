@@ -63,9 +63,10 @@ def test_paths_take_other_computations_to_the_same_answer():
         solutions = {p.forward_solution(p.path(rng)) for _ in range(10)}
         for s in solutions:  # a true equation per step, in the story's order, whole or in parts, the answer
             assert ARITH.correct(s, p.answer) and arith.equations_hold(s), s
-            lines = [arith.EQUATION_RE.fullmatch(line) for line in s.splitlines()[:-1]]
-            assert [(m[2], int(m[3])) for m in lines] == [(t.op, t.operand) for t in p.steps], s
-            assert int(lines[0][1]) == p.start and all(int(a[4]) == int(b[1]) for a, b in zip(lines, lines[1:]))
+            lines = [arith.equations(line) for line in s.splitlines()[:-1]]
+            assert [(eqs[0][1], sum(e[2] for e in eqs)) for eqs in lines] == [(t.op, t.operand) for t in p.steps], s
+            eqs = [e for line in lines for e in line]
+            assert eqs[0][0] == p.start and all(a[3] == b[0] for a, b in zip(eqs, eqs[1:]))
         paths.append(len(solutions))
     assert sum(n > 1 for n in paths) >= 90, paths
 
@@ -91,23 +92,23 @@ def test_wrong_solution_has_one_slip_then_stays_consistent(train):
         wrong = p.wrong_solution(rng)
         assert not ARITH.correct(wrong, p.answer)
         lines = wrong.splitlines()
-        bad = [m for m in arith.EQUATION_RE.finditer(wrong)
-               if arith.apply(m[2], int(m[1]), int(m[3])) != int(m[4])]
+        bad = [e for line in lines for e in arith.equations(line) if arith.apply(e[1], e[0], e[2]) != e[3]]
         assert len(bad) == 1 and len(lines) == len(p.steps) + 1
 
 
-def test_a_step_in_parts_holds_on_both_sides_and_its_slip_is_seen():
-    assert arith.equations_hold("346 + 158 = 496 + 8 = 504\nAnswer: 504")
-    assert not arith.equations_hold("346 + 158 = 486 + 8 = 504")  # the round part slipped, the end did not
-    assert not arith.equations_hold("346 + 158 = 486 + 8 = 494")
-    assert arith.judge_verdict("346 + 158 = 486 + 8 = 494\nAnswer: 494", "346 + 158 = 504\nAnswer: 504") == (
-        "A: 494 - 158 = 336, says 346, wrong\nP: 504 - 158 = 346, says 346, ok\nWinner: Solution 2")
+def test_a_step_in_parts_is_two_equations_on_one_line():
+    assert arith.equations("346 + 150 = 496 + 8 = 504") == [(346, "+", 150, 496), (496, "+", 8, 504)]
+    assert arith.equations_hold("346 + 150 = 496 + 8 = 504\nAnswer: 504")
+    assert not arith.equations_hold("346 + 150 = 486 + 8 = 494")  # the round part slipped
+    assert arith.judge_verdict("346 + 150 = 496 + 8 = 514\nAnswer: 514", "346 + 158 = 504\nAnswer: 504") == (
+        "A: 496 - 150 = 346, says 346, ok\nA: 514 - 8 = 506, says 496, wrong\n"
+        "P: 504 - 158 = 346, says 346, ok\nWinner: Solution 2")
     rng = random.Random(3)
-    for p in arith.dataset("hard", 100):  # a slip on a path: one false step, the rest consistent with it
+    for p in arith.dataset("hard", 100):  # a slip on a path: one false equation, the rest consistent with it
         wrong = p.wrong_solution(rng, p.path(rng))
-        lines = [arith.EQUATION_RE.fullmatch(line) for line in wrong.splitlines()[:-1]]
+        lines = [arith.equations(line) for line in wrong.splitlines()[:-1]]
         assert not ARITH.correct(wrong, p.answer) and len(lines) == len(p.steps) and all(lines)
-        assert sum(arith.apply(m[2], int(m[1]), int(m[3])) != int(m[4]) for m in lines) == 1, wrong
+        assert sum(arith.apply(op, a, b) != c for line in lines for a, op, b, c in line) == 1, wrong
 
 
 def test_judge_verdict_checks_each_equation_backwards():
