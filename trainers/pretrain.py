@@ -110,7 +110,7 @@ class PretrainConfig(Loop):
     max_value: int = field(default=999, metadata={"help": "task difficulty: largest intermediate value"})
     many_paths: bool = field(default=False, metadata={
         "help": "forward and judge solutions take one of many paths (a + or - step done whole or in parts, "
-                "346 + 158 = 496 + 8 = 504): other computations to one answer, whose slips differ (what "
+                "346 + 150 = 496 + 8 = 504): other computations to one answer, whose slips differ (what "
                 "self-consistency votes over)"})
     vocab_size: int = field(default=1024, metadata={"help": "BPE vocabulary size"})
     ckpt_every: int = field(default=250, metadata={"help": "steps between atomic checkpoints"})
