@@ -423,22 +423,18 @@ def judge_verdict(solution_1: str, solution_2: str) -> str:
     lines, clean = [], []
     for k, solution in ((1, solution_1), (2, solution_2)):
         ok = True
-        for i, line in enumerate(solution.strip().splitlines()):
-            if not (eqs := equations(line)):
-                continue
+        for i, (a, op, b, c) in ((i, e) for i, line in enumerate(solution.strip().splitlines())
+                                 for e in equations(line)):
             if i >= len(LABELS[k - 1]):  # an unlabelled line cannot be checked: say so, never skip it
                 raise ValueError(f"solution {k} has an equation on line {i + 1}; the judge labels "
                                  f"{len(LABELS[k - 1])} lines (LABELS)")
-            for a, op, b, c in eqs:
-                if op == "*":
-                    check, r, says = f"{a} * {b}", a * b, c
-                else:
-                    inv = {"+": "-", "-": "+", "/": "*"}[op]
-                    check, r, says = f"{c} {inv} {b}", apply(inv, c, b), a
-                ok = r == says
-                lines.append(f"{LABELS[k - 1][i]}: {check} = {r}, says {says}, " + ("ok" if ok else "wrong"))
-                if not ok:
-                    break
+            if op == "*":
+                check, r, says = f"{a} * {b}", a * b, c
+            else:
+                inv = {"+": "-", "-": "+", "/": "*"}[op]
+                check, r, says = f"{c} {inv} {b}", apply(inv, c, b), a
+            ok = r == says
+            lines.append(f"{LABELS[k - 1][i]}: {check} = {r}, says {says}, " + ("ok" if ok else "wrong"))
             if not ok:
                 break
         clean.append(ok)
