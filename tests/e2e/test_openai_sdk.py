@@ -13,7 +13,7 @@ from tests.e2e.conftest import KEY
 MODEL = NAME
 PROBLEMS = arith.dataset("test", 64)
 Q = PROBLEMS[0].question()
-VARIED = arith.dataset("hard", 1)[0].question()  # a 7-step chain: unlike Q's, its samples differ
+VARIED = arith.dataset("hard", 1)[0].question()  # a 9-step chain: unlike Q's, its samples differ
 
 
 def ask(q: str = Q) -> list[dict]:

@@ -8,7 +8,7 @@ from ponder.engine.protocol import SamplingSpec, collect
 from ponder.tasks import ARITH, arith
 
 Q = arith.dataset("test", 1)[0].question()
-VARIED = arith.dataset("hard", 1)[0].question()  # a 7-step chain: unlike Q's, its samples differ
+VARIED = arith.dataset("hard", 1)[0].question()  # a 9-step chain: unlike Q's, its samples differ
 GREEDY = SamplingSpec(max_tokens=64, temperature=0.0)
 
 

@@ -30,7 +30,7 @@ def test_splits_never_share_a_problem():
     # hard: longer chains from the test bucket, so no training problem of any length is one of them
     assert not keys["hard"] & (keys["train"] | keys["val"] | keys["test"])
     hard = arith.dataset("hard", 50)
-    assert {len(p.steps) for p in hard} == {7, 8} and all(arith.split_of(p) == "test" for p in hard)
+    assert {len(p.steps) for p in hard} == {9} and all(arith.split_of(p) == "test" for p in hard)
 
 
 def test_splits_are_reproducible():
@@ -73,7 +73,7 @@ def test_paths_take_other_computations_to_the_same_answer():
 
 @pytest.mark.parametrize("split,many_paths", [("train", False), ("train", True), ("hard", True)])
 def test_judge_pairs_have_exactly_one_correct_side(split, many_paths):
-    rng = random.Random(0)  # hard with many paths: 7-8 steps, each + or - in parts half the time
+    rng = random.Random(0)  # hard with many paths: 9 steps, each + or - in parts half the time
     for p in arith.dataset(split, 300):
         msgs = arith.example(p, "judge", rng, many_paths)
         prompt, verdict = msgs[0]["content"], msgs[1]["content"]
@@ -103,6 +103,10 @@ def test_a_step_in_parts_is_two_equations_on_one_line():
     assert arith.judge_verdict("346 + 150 = 496 + 8 = 514\nAnswer: 514", "346 + 158 = 504\nAnswer: 504") == (
         "A: 496 - 150 = 346, says 346, ok\nA: 514 - 8 = 506, says 496, wrong\n"
         "P: 504 - 158 = 346, says 346, ok\nWinner: Solution 2")
+    # the same value on a line, by either path, is no fork: the checks start where the values part
+    assert arith.judge_verdict("1 + 9 = 10\n346 + 150 = 496 + 8 = 504\n504 - 4 = 500",
+                               "1 + 9 = 10\n346 + 158 = 504\n504 - 4 = 499").splitlines() == [
+        "A = P", "B = Q", "C: 500 + 4 = 504, says 504, ok", "R: 499 + 4 = 503, says 504, wrong", "Winner: Solution 1"]
     rng = random.Random(3)
     for p in arith.dataset("hard", 100):  # a slip on a path: one false equation, the rest consistent with it
         wrong = p.wrong_solution(rng, p.path(rng))
@@ -117,7 +121,8 @@ def test_judge_verdict_checks_each_equation_backwards():
     assert v.splitlines() == ["A: 5 - 3 = 2, says 2, ok", "B: 5 * 2 = 10, says 10, ok",
                               "C: 6 + 4 = 10, says 10, ok", "D: 2 * 3 = 6, says 6, ok",
                               "P: 6 - 3 = 3, says 2, wrong", "Winner: Solution 1"]
-    assert arith.judge_verdict("7 / 2 = 3", "6 / 2 = 3").endswith("Winner: Solution 2")
+    assert arith.judge_verdict("7 / 2 = 3", "8 / 2 = 4").endswith("Winner: Solution 2")
+    assert arith.judge_verdict("7 / 2 = 3", "6 / 2 = 3") == "A = P\nWinner: Tie"  # no fork: nothing tells them apart
     assert arith.judge_verdict("1 + 1 = 2", "1 + 1 = 2").endswith("Tie")
     with pytest.raises(ValueError, match="line 17"):
         arith.judge_verdict("1 + 1 = 2\n" * 17, "1 + 1 = 2")
