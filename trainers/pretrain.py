@@ -107,6 +107,9 @@ class PretrainConfig(Loop):
     mix: str = field(default=arith.DEFAULT_MIX,
                      metadata={"help": "format=weight,... sampling mix of the task formats"})
     max_steps_per_problem: int = field(default=5, metadata={"help": "task difficulty: longest chain"})
+    judge_max_steps: int = field(default=0, metadata={
+        "help": "judge examples' longest chain (0: --max-steps-per-problem): longer than the solver's, so the "
+                "judge checks chains past those it learnt to solve (the hard split's)"})
     max_value: int = field(default=999, metadata={"help": "task difficulty: largest intermediate value"})
     many_paths: bool = field(default=False, metadata={
         "help": "forward and judge solutions take one of many paths (a + or - step done whole or in parts, "
@@ -130,6 +133,8 @@ class PretrainConfig(Loop):
         super().__post_init__()
         ModelPreset.from_name(self.preset)
         self.mixture()
+        if self.judge_max_steps and not 2 <= self.judge_max_steps <= len(arith.LABELS[0]):
+            raise ValueError(f"judge_max_steps must be 0 or in [2, {len(arith.LABELS[0])}] (the judge's labels)")
         if self.warmup >= self.steps:
             raise ValueError("warmup must be shorter than steps")
         if self.optimizer not in ("adamw", "demo", "signum"):
@@ -140,8 +145,9 @@ class PretrainConfig(Loop):
     def mixture(self) -> dict[str, float]:
         return arith.parse_mix(self.mix)
 
-    def task(self) -> arith.ArithConfig:
-        return arith.ArithConfig(max_steps=self.max_steps_per_problem, max_value=self.max_value)
+    def task(self, fmt: str = "forward") -> arith.ArithConfig:
+        steps = self.judge_max_steps if fmt == "judge" and self.judge_max_steps else self.max_steps_per_problem
+        return arith.ArithConfig(max_steps=steps, max_value=self.max_value)
 
 
 def make_batch(step: int, cfg: PretrainConfig, tok: PreTrainedTokenizerFast,
@@ -150,8 +156,19 @@ def make_batch(step: int, cfg: PretrainConfig, tok: PreTrainedTokenizerFast,
     rng = random.Random(f"{cfg.seed}-batch-{step}")
     mix = cfg.mixture()
     formats = rng.choices(list(mix), weights=list(mix.values()), k=cfg.batch_size)
-    rows = [encode_example(tok, arith.example(next(stream), fmt, rng, cfg.many_paths)) for fmt in formats]
+    rows = [encode_example(tok, arith.example(problem(fmt, next(stream), rng, cfg), fmt, rng, cfg.many_paths))
+            for fmt in formats]
     return collate(rows, tok.pad_token_id, cfg.micro_batch)
+
+
+def problem(fmt: str, drawn: arith.Problem, rng: random.Random, cfg: PretrainConfig) -> arith.Problem:
+    """The stream's problem, or for a judge example with its own difficulty (--judge-max-steps) a train
+    problem drawn from the step's rng (the stream still advances once per example, so resuming replays it)."""
+    if cfg.task(fmt) == cfg.task():
+        return drawn
+    while arith.split_of(p := arith.sample_problem(rng, cfg.task(fmt))) != "train":
+        pass
+    return p
 
 
 def make_optimizer(model: LlamaForCausalLM, cfg: PretrainConfig) -> torch.optim.Optimizer:

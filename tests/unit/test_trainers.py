@@ -72,8 +72,18 @@ def test_checkpoints_are_atomic_and_resume(tmp_path, monkeypatch):
     assert rec["config"]["steps"] == 80 and (tmp_path / "r" / "model.safetensors").exists()
 
 
+def test_judge_examples_take_their_own_chain_length():
+    cfg = small("/unused", max_steps_per_problem=3, judge_max_steps=10)
+    rng, drawn = random.Random(0), arith.dataset("train", 1)[0]
+    judged = [pretrain.problem("judge", drawn, rng, cfg) for _ in range(200)]
+    assert {len(p.steps) for p in judged} == set(range(2, 11)) and {arith.split_of(p) for p in judged} == {"train"}
+    assert pretrain.problem("forward", drawn, rng, cfg) is drawn
+    with pytest.raises(ValueError, match="judge_max_steps"):
+        small("/unused", judge_max_steps=17)
+
+
 def test_resumed_batches_match_an_unbroken_run(tok):
-    cfg = small("/unused", mix="forward=0.5,judge=0.5")
+    cfg = small("/unused", mix="forward=0.5,judge=0.5", judge_max_steps=9)
     stream = arith.problems("train")
     unbroken = [pretrain.make_batch(step, cfg, tok, stream) for step in range(8)][-1]
     stream = arith.problems("train")
