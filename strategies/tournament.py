@@ -4,7 +4,9 @@ Candidates are paired in order (0,1), (2,3), ...; with an odd count the last
 gets a bye and goes first into the next round. Each pair gets K judge calls,
 half with (A, B) and half with (B, A) to cancel position bias. "Solution 1"
 scores [1, 0], "Solution 2" [0, 1], a tie or an unparseable reply [0.5, 0.5];
-the higher total wins and an exact tie is broken by a seeded coin. Every call
+the higher total wins; an exact tie goes to the candidate whose answer more
+candidates share (the samples' own vote, as in critical_tokens), else to a
+seeded coin. Every call
 of a round is issued at once. The league variant (`league: true`) plays each
 candidate against the next m (mod n) in one round and returns the best total.
 
@@ -20,7 +22,7 @@ under constraint instead, from the log-probabilities of the task's two verdicts
 after the judge's own reasoning (`judge: "logprob"` reads every verdict so). The
 verdicts of a pair read that way count together, by their margin averaged over
 both orders, so a judge's preference for a position cancels out instead of
-making each such game a tie for the coin.
+making each such game a tie for the tiebreak.
 How each verdict was read is counted and reported ("written", "constrained";
 "unread" only when the judge's prompt does not fit the context), so a fallback
 never passes for a decision.
@@ -31,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import math
 import random
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -165,8 +168,10 @@ async def run(ctx: Context, query: Query, params: Params) -> Result:
         winner = rng.choice([i for i, t in enumerate(totals) if t == best])
         rounds = [{"games": games, "totals": totals}]
     else:
-        winner, rounds = await knockout(ctx, judge, list(range(len(cands))), answers,
-                                        lambda a, b: rng.choice((a, b)))
+        support = Counter(a for a in answers if a is not None)
+        winner, rounds = await knockout(ctx, judge, list(range(len(cands))), answers, lambda a, b: (
+            a if support[answers[a]] > support[answers[b]] else b if support[answers[b]] > support[answers[a]]
+            else rng.choice((a, b))))
     agreement = judge.agreement(rounds)
     p_gen = _mean([a is not None and a == answers[winner] for a in answers])
     info = {"winner": winner, "answer": answers[winner], "judge_calls": judge.calls, "verdicts": dict(judge.read),

@@ -187,6 +187,19 @@ async def test_tournament_finds_the_minority_right_answer(tok):
     assert ctx.calls == 1 + res.info["judge_calls"]
 
 
+async def test_a_tied_game_goes_to_the_answer_more_samples_share(tok):
+    """A judge that always writes "Solution 1" ties every game over both orders: the tie goes to the
+    better-supported answer (six of the eight samples say 8), never to a coin."""
+    engine = scripted(tok)
+    script = engine.reply
+    engine.reply = lambda prompt, spec, model: "Winner: Solution 1" if JUDGE in prompt else script(prompt, spec, model)
+    ctx = Context(lambda m: (engine, None), "req")
+    for seed in range(1, 9):
+        strategy, p = strategies.resolve({"name": "tournament", "n": 8, "k": 2})
+        res = await strategy.run(ctx, query(ctx, engine, seed=seed * 8), p)
+        assert res.info["answer"] == "8"
+
+
 async def test_tournament_odd_count_and_league(tok):
     res, _, _ = await run(tok, "tournament", n=5, k=1)
     assert res.trace["rounds"][0]["bye"] == 4
