@@ -42,7 +42,7 @@ def run(tmp_path_factory, parent_dir):
     """A run folder after `ponder nas space` and a short `ponder nas bld` of two variants."""
     folder = tmp_path_factory.mktemp("run")
     space.build(space.SpaceConfig(parent=str(parent_dir), run=str(folder), calib_examples=16, mix=MIX))
-    bld.train(bld.BldConfig(run=str(folder), steps=40, warmup=2, batch_size=4, lr=3e-3, mix=MIX,
+    bld.train(bld.BldConfig(run=str(folder), steps=60, warmup=2, batch_size=4, lr=3e-3, mix=MIX,
                             only="1.ffn.ffn50,1.attention.gqa2"))
     return folder
 
