@@ -169,9 +169,11 @@ async def run(ctx: Context, query: Query, params: Params) -> Result:
         rounds = [{"games": games, "totals": totals}]
     else:
         support = Counter(a for a in answers if a is not None)
-        winner, rounds = await knockout(ctx, judge, list(range(len(cands))), answers, lambda a, b: (
-            a if support[answers[a]] > support[answers[b]] else b if support[answers[b]] > support[answers[a]]
-            else rng.choice((a, b))))
+
+        def tiebreak(a: int, b: int) -> int:
+            sa, sb = support[answers[a]], support[answers[b]]
+            return rng.choice((a, b)) if sa == sb else a if sa > sb else b
+        winner, rounds = await knockout(ctx, judge, list(range(len(cands))), answers, tiebreak)
     agreement = judge.agreement(rounds)
     p_gen = _mean([a is not None and a == answers[winner] for a in answers])
     info = {"winner": winner, "answer": answers[winner], "judge_calls": judge.calls, "verdicts": dict(judge.read),
