@@ -47,6 +47,7 @@ class EvalConfig:
     instruction: bool = True  # append the task's instruction to each question
     split: str = "test"
     limit: int = 500
+    skip: int = 0  # problems passed over first: --skip 500 gives a slice disjoint from the first 500
     format: str = "forward"
     strategy: str = "direct"
     params: dict[str, Any] = field(default_factory=dict)
@@ -83,10 +84,14 @@ def question(cfg: EvalConfig, text: str) -> str:
     return f"{text}\n\n{task.instruction}" if cfg.instruction and task.instruction else text
 
 
+def arith_problems(cfg: EvalConfig) -> list[arith.Problem]:
+    return arith.dataset(cfg.split, cfg.skip + cfg.limit, seed=0)[cfg.skip:]
+
+
 def items(cfg: EvalConfig) -> list[Item]:
     if cfg.data == "facts":
-        return [Item(question(cfg, f.question), f.answer) for f in facts.dataset(cfg.limit)]
-    problems = arith.dataset(cfg.split, cfg.limit, seed=0)
+        return [Item(question(cfg, f.question), f.answer) for f in facts.dataset(cfg.skip + cfg.limit)[cfg.skip:]]
+    problems = arith_problems(cfg)
     rng = random.Random(1)
     if cfg.format == "forward":
         return [Item(question(cfg, arith.forward_prompt(p.question())), p.answer) for p in problems]
@@ -154,7 +159,7 @@ async def pairs(cfg: EvalConfig) -> dict[str, Any]:
     over both orders ("logprob", the tournament's judge="logprob").
     """
     task = cfg.formats()
-    problems = arith.dataset(cfg.split, cfg.limit, seed=0)
+    problems = arith_problems(cfg)
     sem = asyncio.Semaphore(cfg.concurrency)
     async with client_for(cfg) as client:
         model = cfg.model_name or (await client.models.list()).data[0].id
@@ -302,6 +307,8 @@ def add_common(ap: argparse.ArgumentParser) -> None:
                     help="do not append the task's instruction to each question")
     ap.add_argument("--split", default="test", choices=arith.SPLITS)
     ap.add_argument("--limit", type=int, default=500)
+    ap.add_argument("--skip", type=int, default=0, help="pass over the first SKIP problems (a held-out slice: "
+                    "--skip 500 --limit 300 is disjoint from --limit 500)")
     ap.add_argument("--temperature", type=float, default=0.0)
     ap.add_argument("--max-tokens", type=int, default=256)
     ap.add_argument("--seed", type=int, default=0)
@@ -312,7 +319,7 @@ def add_common(ap: argparse.ArgumentParser) -> None:
 def common(a: argparse.Namespace) -> dict[str, Any]:
     """EvalConfig fields from add_common's flags."""
     return dict(base_url=a.base_url, model=a.model, model_name=a.model_name, lora=a.lora, api_key=a.api_key,
-                data=a.data, task=a.task, instruction=a.instruction, split=a.split, limit=a.limit,
+                data=a.data, task=a.task, instruction=a.instruction, split=a.split, limit=a.limit, skip=a.skip,
                 max_tokens=a.max_tokens, seed=a.seed, concurrency=a.concurrency)
 
 

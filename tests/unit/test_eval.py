@@ -72,3 +72,11 @@ def test_paired_diff_interval_narrows_with_correlation():
     # No correlation beyond what n/2 shrinks away: the paired interval is the independent one.
     a, b = paired(25, 25, 25, 25)
     assert stats.diff_interval(a, b) == pytest.approx(stats.diff_interval(unpaired(a), unpaired(b)))
+
+
+@pytest.mark.parametrize("data", ["arith", "facts"])
+def test_skip_gives_a_disjoint_slice(data):
+    first = ev.items(ev.EvalConfig(base_url="x", data=data, limit=20))
+    held = ev.items(ev.EvalConfig(base_url="x", data=data, limit=10, skip=20))
+    both = ev.items(ev.EvalConfig(base_url="x", data=data, limit=30))
+    assert both == first + held and not {i.prompt for i in first} & {i.prompt for i in held}
