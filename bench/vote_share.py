@@ -1,7 +1,7 @@
 """critical_tokens' `vote_share`, replayed on recorded requests (issue 31).
 
-    ponder eval --base-url URL --strategy critical_tokens --param n=8 --temperature 0.7 \\
-        --split test --skip 500 --limit 500 --out runs/ct_test.json
+    ponder eval --base-url URL --strategy critical_tokens --param n=8 --param vote_share=1.0 \\
+        --temperature 0.7 --split test --skip 500 --limit 500 --out runs/ct_test.json
     python bench/vote_share.py runs/ct_test.json [more records]
 
 A record made with vote_share 1.0 (the judge decides whenever the answers differ) keeps, per

@@ -15,10 +15,11 @@
    Resample from the prefix before it with that token forbidden at that
    position, inside vLLM (ponder's logits processor); repeat on the new
    trajectory up to `rounds` times.
-4. Choose among all trajectories: "judge" (the default) plays a knockout between
-   one trajectory per distinct answer, most supported first, with the
-   tournament's judge (each game in both orders; a tied game goes to the answer
-   with more support); "vote" takes the majority; "score" the best mean log s_t;
+4. Choose among all trajectories: "judge" (the default) keeps the most common
+   answer where at least `vote_share` of the trajectories give it, and elsewhere
+   plays a knockout between one trajectory per distinct answer, most supported
+   first, with the tournament's judge (each game in both orders; a tied game goes
+   to the answer with more support); "vote" takes the majority; "score" the best mean log s_t;
    "last" the last refinement of the first candidate (for use as another
    strategy's sampler with n=1 and `resample: "all"`).
 
@@ -27,7 +28,10 @@ resample turns most right samples wrong and most wrong ones right. The
 contrastive estimate finds *where* samples fork, not which branch is right, so
 resampling everything and voting cost 8 resamples per problem for nothing.
 Resampling only where the samples disagree keeps the exploration where it can
-matter, and the judge, not the count, decides between the branches.
+matter, and the judge, not the count, decides between the branches. But a judge
+that reads 9-step chains right only about 63% of the time overrules a 7-to-1 vote
+as readily as a 4-to-4 one: replayed on held-out problems (bench/vote_share.py),
+letting a 60% plurality stand loses nothing on either split and halves the judging.
 
 `rollout_success` gives the paper's rollout definition (success rate of
 continuations from each prefix) for checking the estimate offline (bench/).
@@ -72,6 +76,9 @@ class Params(StrategyParams):
     select: str = param("judge", "'judge' (a knockout between one trajectory per answer, judged as in the "
                         "tournament), 'vote', 'score' (best mean log s_t) or 'last' (the first candidate's last "
                         "refinement)", choices=("judge", "vote", "score", "last"))
+    vote_share: float = param(0.6, "select 'judge': the most common answer stands without a judge when at least "
+                              "this share of the trajectories give it (1.0: judge whenever they differ)", ge=0.0,
+                              le=1.0)
     k: int = param(2, "select 'judge': judge calls per game, split across both orders", ge=1, le=64)
     judge_temperature: float = param(0.1, "select 'judge': judge sampling temperature", ge=0.0, le=2.0)
     judge_max_tokens: int = param(256, "select 'judge': judge reply budget", ge=1, le=8192)
@@ -180,7 +187,7 @@ async def run(ctx: Context, query: Query, params: Params) -> Result:
         chosen = len(chains[0]) - 1
     elif params.select == "score":
         chosen = max(range(len(pool)), key=lambda j: _mean_log(pool[j]["scores"]))
-    elif params.select == "judge" and len(votes) > 1:
+    elif params.select == "judge" and len(votes) > 1 and votes[winner] < params.vote_share * len(answers):
         chosen, trace["rounds"], info = await _judge(ctx, query, params, [s["candidate"] for s in pool], answers,
                                                      votes)
     else:

@@ -258,7 +258,7 @@ async def test_critical_tokens_masks_inside_the_engine(tok):
 
 async def test_critical_tokens_resamples_the_dissent_and_the_judge_decides(tok):
     # Seeds 1..8: the candidates of seeds 4 and 8 answer 7 (right), the other six 8; the judge prefers 7.
-    res, ctx, engine, scored = await critical_tokens(tok, n=8, rounds=1)
+    res, ctx, engine, scored = await critical_tokens(tok, n=8, rounds=1, vote_share=1.0)
     chains = res.trace["chains"]
     assert [len(c) for c in chains] == [1, 1, 1, 2, 1, 1, 1, 2]  # only the two dissenters are resampled
     assert res.info["resamples"] == 2 and len(scored) == 2 * 4  # each dissenter and its resample, by -pos and -neg
@@ -266,6 +266,12 @@ async def test_critical_tokens_resamples_the_dissent_and_the_judge_decides(tok):
     assert all(g["a"] != g["b"] for r in res.trace["rounds"] for g in r["games"])
     voted, _, _, _ = await critical_tokens(tok, n=8, rounds=1, select="vote")
     assert voted.info["answer"] == "8"
+    # A plurality of at least vote_share of the trajectories stands without a judge.
+    share = voted.info["votes"]["8"] / sum(voted.info["votes"].values())
+    settled, _, engine, _ = await critical_tokens(tok, n=8, rounds=1, vote_share=share)
+    assert settled.info["answer"] == "8" and not any(JUDGE in prompt for prompt, _, _ in engine.calls)
+    judged, _, _, _ = await critical_tokens(tok, n=8, rounds=1, vote_share=share + 0.01)
+    assert judged.info["answer"] == "7"
     # Unanimous candidates: no scoring, no resample, no judge; self_consistency's cost.
     same, ctx, engine, scored = await critical_tokens(tok, n=2)
     assert same.info["answer"] == "8" and same.info["resamples"] == 0 and scored == [] and ctx.calls == 1
