@@ -19,9 +19,9 @@
    answer where at least `vote_share` of the trajectories give it, and elsewhere
    plays a knockout between one trajectory per distinct answer, most supported
    first, with the tournament's judge (each game in both orders; a tied game goes
-   to the answer with more support); "vote" takes the majority; "score" the best mean log s_t;
-   "last" the last refinement of the first candidate (for use as another
-   strategy's sampler with n=1 and `resample: "all"`).
+   to the answer with more support); "vote" takes the majority; "score" the best
+   mean log s_t; "last" the last refinement of the first candidate (for use as
+   another strategy's sampler with n=1 and `resample: "all"`).
 
 Why this shape (bench/RESULTS.md, issue 31): on ponder-small one banned-token
 resample turns most right samples wrong and most wrong ones right. The
